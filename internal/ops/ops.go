@@ -1,0 +1,134 @@
+// Package ops holds what every infergate component shares to be run and
+// watched: the /metrics, /healthz and /readyz endpoints, and the lifecycle
+// that binds all listeners first, serves, and drains on shutdown.
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Service is one long-running part of infergate.
+type Service interface {
+	// Name is used in logs ("xds", "extproc", "engine").
+	Name() string
+	// Listen binds every socket the service needs, so that a port in use
+	// is reported before anything starts serving.
+	Listen() error
+	// Serve serves until ctx is done, then stops accepting work and lets
+	// in-flight requests finish before returning.
+	Serve(ctx context.Context) error
+}
+
+// NewRegistry returns a Prometheus registry with the Go and process
+// collectors, for one component.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// HandleProbes adds /metrics, /healthz and /readyz to mux. ready reports
+// why the component cannot take traffic yet (nil when it can).
+func HandleProbes(mux *http.ServeMux, reg prometheus.Gatherer, ready func() error) {
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "error": err.Error()})
+			return
+		}
+		WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+}
+
+// WriteJSON writes v as the JSON body with the given status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// WriteError writes the `{"error": msg}` body every infergate API uses for
+// errors a client can cause.
+func WriteError(w http.ResponseWriter, status int, msg string) {
+	WriteJSON(w, status, map[string]string{"error": msg})
+}
+
+// Listen binds addr for the named use and words a port in use as such.
+func Listen(use, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: cannot listen on %s: %w", use, addr, err)
+	}
+	return ln, nil
+}
+
+// ShutdownGrace is how long Serve methods wait for in-flight work after
+// their context ends.
+const ShutdownGrace = 15 * time.Second
+
+// ServeHTTP serves srv on ln until ctx is done, then shuts it down
+// gracefully so that in-flight requests finish.
+func ServeHTTP(ctx context.Context, srv *http.Server, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Run binds every service, then serves them all until ctx is done or one
+// fails; a failure stops the others. Nothing serves if any Listen fails.
+func Run(ctx context.Context, log *slog.Logger, services ...Service) error {
+	for _, s := range services {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	for _, s := range services {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := s.Serve(ctx)
+			if err != nil {
+				log.Error("component stopped", "component", s.Name(), "error", err)
+				once.Do(func() { first = fmt.Errorf("%s: %w", s.Name(), err) })
+			}
+			cancel()
+		}()
+	}
+	wg.Wait()
+	return first
+}
