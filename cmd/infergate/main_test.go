@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/infergate/infergate/config"
+	"github.com/infergate/infergate/envoy/bootstrap"
+)
+
+// The test binary doubles as the infergate binary, so that exit codes and
+// stderr are tested exactly as a user sees them.
+func TestMain(m *testing.M) {
+	if os.Getenv("INFERGATE_RUN_MAIN") == "1" {
+		os.Args = append([]string{"infergate"}, strings.Fields(os.Getenv("INFERGATE_ARGS"))...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func infergate(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "INFERGATE_RUN_MAIN=1", "INFERGATE_ARGS="+strings.Join(args, " "))
+	return cmd
+}
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "infergate.yaml")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// freeAddr returns a loopback address nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// A bad config or a taken port is one line on stderr and exit status 1.
+func TestBadInputIsOneClearLine(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"misspelt field", []string{"engine", "-c", writeConfig(t, "engine:\n  lisen: 127.0.0.1:0\n")}, "line 2: field lisen not found"},
+		{"wrong type", []string{"engine", "-c", writeConfig(t, "log:\n  level: {a: 1}\n")}, "line 2: cannot unmarshal"},
+		{"missing file", []string{"xds", "-c", "/nonexistent/infergate.yaml"}, "/nonexistent/infergate.yaml"},
+		{"port in use", []string{"xds", "-c", writeConfig(t, fmt.Sprintf("xds:\n  listen: %s\n  admin: %s\n", busy.Addr(), freeAddr(t)))}, "address already in use"},
+		{"unknown command", []string{"frobnicate"}, "unknown command"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			cmd := infergate(tt.args...)
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+				t.Fatalf("exit = %v, want status 1; stderr: %s", err, stderr.String())
+			}
+			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+			last := lines[len(lines)-1]
+			if !strings.HasPrefix(last, "infergate: ") || !strings.Contains(last, tt.want) {
+				t.Errorf("last stderr line %q, want an infergate: line containing %q", last, tt.want)
+			}
+			if strings.Contains(stderr.String(), "goroutine ") || strings.Contains(stderr.String(), "panic") {
+				t.Errorf("stderr has a stack trace:\n%s", stderr.String())
+			}
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, err := infergate("version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "infergate ") {
+		t.Fatalf("version: %q, %v", out, err)
+	}
+}
+
+func TestEveryCommandHasHelp(t *testing.T) {
+	for _, c := range rootCmd.Commands() {
+		if c.Short == "" {
+			t.Errorf("command %q has no help text", c.Name())
+		}
+	}
+}
+
+func TestBootstrapCommandPrintsValidBootstrap(t *testing.T) {
+	out, err := infergate("envoy", "bootstrap", "--node-id", "edge-7").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bootstrap.Parse(out)
+	if err != nil {
+		t.Fatalf("printed bootstrap does not parse: %v\n%s", err, out)
+	}
+	if b.GetNode().GetId() != "edge-7" {
+		t.Errorf("node id %q, want edge-7", b.GetNode().GetId())
+	}
+}
+
+// `infergate up` brings up all three components; each answers its health
+// endpoints, and SIGTERM stops the process cleanly.
+func TestUpServesHealthAndStopsOnSIGTERM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole stack")
+	}
+	engine, xdsAdmin, extprocAdmin := freeAddr(t), freeAddr(t), freeAddr(t)
+	path := writeConfig(t, fmt.Sprintf(`
+xds:
+  listen: %s
+  admin: %s
+extproc:
+  listen: %s
+  admin: %s
+engine:
+  listen: %s
+`, freeAddr(t), xdsAdmin, freeAddr(t), extprocAdmin, engine))
+	if cfg, err := config.Load(path); err != nil {
+		t.Fatal(err)
+	} else if _, err := exec.LookPath(cfg.Envoy.Binary); err == nil {
+		t.Log("envoy is on PATH: up starts it too")
+	}
+	var stderr bytes.Buffer
+	cmd := infergate("up", "-c", path)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for _, addr := range []string{xdsAdmin, extprocAdmin, engine} {
+		waitOK(ctx, t, "http://"+addr+"/healthz")
+		waitOK(ctx, t, "http://"+addr+"/readyz")
+		waitOK(ctx, t, "http://"+addr+"/metrics")
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("up exited with %v after SIGTERM; stderr:\n%s", err, stderr.String())
+		}
+	case <-ctx.Done():
+		t.Fatalf("up did not stop after SIGTERM; stderr:\n%s", stderr.String())
+	}
+}
+
+func waitOK(ctx context.Context, t *testing.T, url string) {
+	t.Helper()
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("%s: %d %s", url, resp.StatusCode, body)
+			}
+		} else if ctx.Err() != nil {
+			t.Fatalf("%s: %v", url, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
