@@ -1,0 +1,250 @@
+package extproc
+
+import (
+	"bytes"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"time"
+
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/infergate/infergate/extproc/cache"
+)
+
+// sseTail is how much of the end of an event stream is kept to find the
+// usage event and the final [DONE] when the stream itself is not kept.
+const sseTail = 64 << 10
+
+// StreamedResponseMode is the processing mode the server asks for (as
+// mode_override on response headers) when a response is an event stream,
+// so that chunks reach the client as they come. Envoy honours it only with
+// allow_mode_override, and, when allowed_override_modes is set, only if it
+// lists exactly this mode.
+var StreamedResponseMode = &extprocfilterv3.ProcessingMode{
+	RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
+	ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SEND,
+	RequestBodyMode:     extprocfilterv3.ProcessingMode_BUFFERED,
+	ResponseBodyMode:    extprocfilterv3.ProcessingMode_STREAMED,
+	RequestTrailerMode:  extprocfilterv3.ProcessingMode_SKIP,
+	ResponseTrailerMode: extprocfilterv3.ProcessingMode_SKIP,
+}
+
+// responseHeaders decides whether the response may be stored, switches an
+// event stream to STREAMED, and adds RateLimit headers.
+func (st *stream) responseHeaders(hm *extprocv3.HttpHeaders) error {
+	if st.phase == wantRequestBody {
+		// The upstream answered before the request was complete; the
+		// request was never looked up, so there is nothing to store under.
+		st.cacheable, st.bypass = false, "early-response"
+	}
+	h := readHeaders(hm.GetHeaders())
+	st.respHdr = h
+	st.status, _ = strconv.Atoi(h[":status"])
+	st.sse = strings.HasPrefix(strings.ToLower(h[headerContentType]), "text/event-stream")
+	cc := directives(h[headerCacheControl])
+	switch {
+	case !st.cacheable:
+	case st.status != 200:
+		st.storeNot = "status"
+	case cc["no-store"]:
+		st.storeNot = "no-store"
+	case cc["private"]:
+		st.storeNot = "private"
+	default:
+		if n, err := strconv.Atoi(h["content-length"]); err == nil && n > st.s.cfg.Cache.MaxEntryBytes {
+			st.storeNot = "too-large"
+		}
+	}
+	m := &mutation{}
+	limitHeaders(m, st.checks)
+	if !st.cacheable || st.storeNot != "" {
+		// Followers need not wait for a body they cannot use.
+		st.finishFlight(nil)
+	}
+	if hm.GetEndOfStream() {
+		m.add(headerCacheStatus, st.responseComplete())
+		st.phase = finished
+		return st.send(responseHeadersResponse(m))
+	}
+	st.phase = wantResponseBody
+	if st.sse || !st.cacheable || st.storeNot != "" {
+		// The outcome is known now, or, for an event stream whose chunks
+		// pass to the client as they come, the headers must go now.
+		m.add(headerCacheStatus, st.cacheStatus(false))
+	}
+	resp := responseHeadersResponse(m)
+	if st.sse {
+		resp.ModeOverride = StreamedResponseMode
+	}
+	return st.send(resp)
+}
+
+// wantBody reports whether the response body must be kept: to store it,
+// or to read its token usage.
+func (st *stream) wantBody() bool {
+	return (st.cacheable && st.storeNot == "") || st.policy.TokenBudget > 0
+}
+
+func (st *stream) responseBody(b *extprocv3.HttpBody) error {
+	chunk := b.GetBody()
+	st.respBytes += len(chunk)
+	if st.wantBody() && !st.respOver {
+		limit := st.s.cfg.MaxBodyBytes
+		if st.sse {
+			limit = st.s.cfg.Cache.MaxEntryBytes
+		}
+		if len(st.respBody)+len(chunk) > limit {
+			st.respOver, st.respBody = true, nil
+		} else {
+			st.respBody = append(st.respBody, chunk...)
+		}
+	}
+	if st.sse {
+		st.respTail = append(st.respTail, chunk...)
+		if len(st.respTail) > sseTail {
+			st.respTail = append(st.respTail[:0], st.respTail[len(st.respTail)-sseTail:]...)
+		}
+	}
+	if !b.GetEndOfStream() {
+		return st.send(responseBodyResponse(nil))
+	}
+	status := st.responseComplete()
+	st.phase = finished
+	m := &mutation{}
+	if !st.sse && st.cacheable && st.storeNot == "" {
+		// BUFFERED: Envoy still holds the response headers, so the outcome
+		// can be reported in them.
+		m.add(headerCacheStatus, status)
+	}
+	return st.send(responseBodyResponse(m))
+}
+
+// responseComplete charges token usage, stores the response if it may be
+// stored, releases followers, and returns the Cache-Status value.
+func (st *stream) responseComplete() string {
+	p := st.policy
+	if p.TokenBudget > 0 {
+		src := st.respBody
+		if st.sse {
+			src = st.respTail
+		}
+		if tokens := usageTokens(src, st.sse); tokens > 0 {
+			// A failure here was counted by the Redis connection; the budget
+			// is best effort on the way back.
+			_ = st.s.limiter.Charge(st.ctx, st.limitKey("tokens"), tokenLimit(p), float64(tokens))
+		}
+	}
+	if !st.cacheable {
+		return st.cacheStatus(false)
+	}
+	if st.storeNot == "" {
+		switch {
+		case st.respOver || len(st.respBody) > st.s.cfg.Cache.MaxEntryBytes:
+			st.storeNot = "too-large"
+		case st.sse && !bytes.Contains(st.respTail, []byte("data: [DONE]")):
+			st.storeNot = "incomplete-stream"
+		}
+	}
+	if st.storeNot != "" {
+		st.s.metrics.stores.WithLabelValues(p.Route, st.storeNot).Inc()
+		st.finishFlight(nil)
+		return st.cacheStatus(false)
+	}
+	ttl := min(p.TTL, st.s.cfg.Cache.MaxTTL)
+	e := &cache.Entry{Status: st.status, Header: storedHeaders(st.respHdr), Body: st.respBody, StoredAt: time.Now(), TTL: ttl}
+	if err := st.s.store.Set(st.ctx, st.key, e); err != nil {
+		st.storeNot = "too-large"
+		st.s.metrics.stores.WithLabelValues(p.Route, st.storeNot).Inc()
+		st.finishFlight(nil)
+		return st.cacheStatus(false)
+	}
+	st.s.metrics.stores.WithLabelValues(p.Route, "stored").Inc()
+	for _, stage := range st.s.stages {
+		stage.Store(st.ctx, st.query, e)
+	}
+	st.finishFlight(e)
+	return st.cacheStatus(true)
+}
+
+// cacheStatus is the RFC 9211 value for a request that went upstream.
+func (st *stream) cacheStatus(stored bool) string {
+	params := []string{}
+	switch {
+	case st.bypass != "":
+		params = append(params, "fwd=bypass")
+	case st.noCache:
+		params = append(params, "fwd=request")
+	default:
+		params = append(params, "fwd=miss")
+	}
+	if st.status != 0 {
+		params = append(params, "fwd-status="+strconv.Itoa(st.status))
+	}
+	if stored {
+		params = append(params, "stored", keyParam(st.key))
+	}
+	detail := st.bypass
+	if detail == "" {
+		detail = st.storeNot
+	}
+	if detail != "" {
+		params = append(params, `detail="`+detail+`"`)
+	}
+	return cacheStatus(params...)
+}
+
+// usage is the OpenAI "usage" object; KServe v2 responses carry it under
+// "parameters".
+type usage struct {
+	PromptTokens     int64 `json:"prompt_tokens"`
+	CompletionTokens int64 `json:"completion_tokens"`
+	TotalTokens      int64 `json:"total_tokens"`
+}
+
+func (u *usage) tokens() int64 {
+	if u == nil {
+		return 0
+	}
+	if u.TotalTokens > 0 {
+		return u.TotalTokens
+	}
+	return u.PromptTokens + u.CompletionTokens
+}
+
+type usageBody struct {
+	Usage      *usage `json:"usage"`
+	Parameters struct {
+		Usage *usage `json:"usage"`
+	} `json:"parameters"`
+}
+
+// usageTokens reads the tokens a response used: from its JSON body, or from
+// the last event of an event stream that carries usage.
+func usageTokens(body []byte, sse bool) int64 {
+	if !sse {
+		var u usageBody
+		if json.Unmarshal(body, &u) != nil {
+			return 0
+		}
+		if t := u.Usage.tokens(); t > 0 {
+			return t
+		}
+		return u.Parameters.Usage.tokens()
+	}
+	var last int64
+	for _, line := range bytes.Split(body, []byte("\n")) {
+		data, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("data:"))
+		if !ok || !bytes.Contains(data, []byte(`"usage"`)) {
+			continue
+		}
+		var u usageBody
+		if json.Unmarshal(bytes.TrimSpace(data), &u) == nil {
+			if t := u.Usage.tokens(); t > 0 {
+				last = t
+			}
+		}
+	}
+	return last
+}

@@ -1,0 +1,516 @@
+package semantic
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
+)
+
+// Guard refusal reasons, used as the "reason" label of the refusal metric.
+const (
+	refuseNumber   = "number"
+	refuseUnit     = "unit"
+	refuseDate     = "date"
+	refuseNegation = "negation"
+	refuseEntity   = "entity"
+	refuseOrder    = "order"
+	refuseOpposite = "opposite"
+)
+
+// guardRefusal compares a query with a cached prompt whose embedding scored
+// above the threshold and names the reason they may still ask different
+// things, or returns "" when nothing they say differs in a way a sentence
+// embedding is known to blur: numbers (digits or words, ordinals), units and
+// currencies, dates, negation, named entities and codes, the order of those
+// anchors ("USD to EUR" against "EUR to USD"), and words of opposite meaning.
+// It errs on the side of refusing: a refusal costs one upstream call, a
+// wrong hit serves the wrong answer.
+func guardRefusal(query, cached string) string {
+	a, b := analyze(query), analyze(cached)
+	switch {
+	case !slices.Equal(a.numbers, b.numbers):
+		return refuseNumber
+	case !slices.Equal(a.units, b.units):
+		return refuseUnit
+	case !slices.Equal(a.dates, b.dates):
+		return refuseDate
+	case a.negations != b.negations:
+		return refuseNegation
+	case !entitiesShared(a, b) || !entitiesShared(b, a):
+		return refuseEntity
+	case !sameAnchorOrder(a, b):
+		return refuseOrder
+	case opposed(a, b):
+		return refuseOpposite
+	}
+	return ""
+}
+
+// features is what the guard extracts from one prompt.
+type features struct {
+	words     map[string]bool // every word, lower-cased
+	numbers   []string        // canonical values, sorted
+	units     []string        // canonical units and currencies, sorted, unique
+	dates     []string        // months, weekdays, relative days, sorted, unique
+	negations int
+	entities  []string // lower-cased, unique, in order of appearance
+	anchors   []string // numbers and entities in order of appearance, unique
+}
+
+type token struct {
+	text     string // as written
+	lower    string
+	number   bool // digits, possibly with separators and a decimal point
+	sentence bool // first word of a sentence
+}
+
+// tokenize splits text into words, numbers and currency or percent signs.
+// A number glued to letters ("5kg", "10pm", "3rd") becomes two tokens.
+func tokenize(text string) []token {
+	var toks []token
+	rs := []rune(text)
+	sentence := true
+	emit := func(s string, number bool) {
+		toks = append(toks, token{text: s, lower: strings.ToLower(s), number: number, sentence: sentence})
+		sentence = false
+	}
+	for i := 0; i < len(rs); {
+		r := rs[i]
+		switch {
+		case unicode.IsDigit(r):
+			j := i + 1
+			for j < len(rs) && (unicode.IsDigit(rs[j]) || (rs[j] == '.' || rs[j] == ',') && j+1 < len(rs) && unicode.IsDigit(rs[j+1])) {
+				j++
+			}
+			// a code such as A12B or 4k-UHD is kept whole below; here the
+			// digits start the token, so letters after them are a unit
+			emit(string(rs[i:j]), true)
+			i = j
+		case unicode.IsLetter(r):
+			j := i + 1
+			for j < len(rs) && (unicode.IsLetter(rs[j]) || unicode.IsDigit(rs[j]) || (rs[j] == '\'' || rs[j] == '’') && j+1 < len(rs) && unicode.IsLetter(rs[j+1])) {
+				j++
+			}
+			emit(strings.ReplaceAll(string(rs[i:j]), "’", "'"), false)
+			i = j
+		case strings.ContainsRune("$€£¥₹%", r):
+			emit(string(r), false)
+			i++
+		case r == '.' || r == '?' || r == '!' || r == '\n':
+			sentence = true
+			i++
+		default:
+			i++
+		}
+	}
+	return toks
+}
+
+func analyze(text string) features {
+	toks := tokenize(text)
+	f := features{words: make(map[string]bool, len(toks))}
+	for _, t := range toks {
+		f.words[t.lower] = true
+	}
+	units := map[string]bool{}
+	dates := map[string]bool{}
+	seenEntity := map[string]bool{}
+	seenAnchor := map[string]bool{}
+	anchor := func(s string) {
+		if !seenAnchor[s] {
+			seenAnchor[s] = true
+			f.anchors = append(f.anchors, s)
+		}
+	}
+	for i := 0; i < len(toks); i++ {
+		t := toks[i]
+		if t.number {
+			v := canonicalNumber(t.text)
+			// "5k" is five thousand, not five of a unit k
+			if i+1 < len(toks) && (toks[i+1].lower == "k" || toks[i+1].lower == "m" && i+2 < len(toks) && unitOf(toks[i+2].lower) != "") {
+				v = scaleNumber(v, map[string]float64{"k": 1e3, "m": 1e6}[toks[i+1].lower])
+				i++
+			}
+			f.numbers = append(f.numbers, v)
+			anchor("#" + v)
+			continue
+		}
+		if v, n, ok := writtenNumber(toks, i); ok {
+			f.numbers = append(f.numbers, v)
+			anchor("#" + v)
+			i += n - 1
+			continue
+		}
+		if u := unitOf(t.lower); u != "" {
+			units[u] = true
+		}
+		if d := dateWord(toks, i); d != "" {
+			dates[d] = true
+		}
+		if isNegation(t.lower) {
+			f.negations++
+		}
+		if isEntity(t) && !seenEntity[t.lower] {
+			seenEntity[t.lower] = true
+			f.entities = append(f.entities, t.lower)
+		}
+		if seenEntity[t.lower] {
+			anchor(t.lower)
+		}
+	}
+	slices.Sort(f.numbers)
+	f.units = sortedKeys(units)
+	f.dates = sortedKeys(dates)
+	return f
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// entitiesShared reports whether every entity of a is mentioned by b, in
+// any case: "Paris" and "paris" are the same place.
+func entitiesShared(a, b features) bool {
+	for _, e := range a.entities {
+		if !b.words[e] {
+			return false
+		}
+	}
+	return true
+}
+
+// sameAnchorOrder compares the order of the numbers and entities both
+// prompts mention.
+func sameAnchorOrder(a, b features) bool {
+	inB := make(map[string]bool, len(b.anchors))
+	for _, x := range b.anchors {
+		inB[x] = true
+	}
+	var sa, sb []string
+	for _, x := range a.anchors {
+		if inB[x] {
+			sa = append(sa, x)
+		}
+	}
+	inA := make(map[string]bool, len(sa))
+	for _, x := range sa {
+		inA[x] = true
+	}
+	for _, x := range b.anchors {
+		if inA[x] {
+			sb = append(sb, x)
+		}
+	}
+	return slices.Equal(sa, sb)
+}
+
+func canonicalNumber(s string) string {
+	s = strings.ReplaceAll(s, ",", "")
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return s
+	}
+	return strconv.FormatFloat(f, 'g', -1, 64)
+}
+
+func scaleNumber(v string, by float64) string {
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || by == 0 {
+		return v
+	}
+	return strconv.FormatFloat(f*by, 'g', -1, 64)
+}
+
+var (
+	smallNumbers = map[string]float64{
+		"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+		"eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
+		"fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
+		"nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
+		"seventy": 70, "eighty": 80, "ninety": 90, "dozen": 12, "half": 0.5, "quarter": 0.25,
+		"twice": 2, "double": 2, "triple": 3, "once": 1, "single": 1, "couple": 2, "pair": 2,
+		"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
+		"eighth": 8, "ninth": 9, "tenth": 10, "hundredth": 100,
+	}
+	scaleWords = map[string]float64{"hundred": 100, "thousand": 1e3, "million": 1e6, "billion": 1e9, "trillion": 1e12}
+)
+
+// countsAsNumber filters number words that are more often something else:
+// "one" as a pronoun ("which one"), "second" as a duration after a number
+// ("30 second timeout").
+func countsAsNumber(toks []token, i int) bool {
+	switch toks[i].lower {
+	case "one", "single", "once", "couple", "pair", "double":
+		if i+1 >= len(toks) {
+			return false
+		}
+		next := toks[i+1].lower
+		_, scale := scaleWords[next]
+		_, num := smallNumbers[next]
+		return scale || num || unitOf(next) != "" || next == "of" && toks[i].lower == "couple"
+	case "second":
+		return i == 0 || !toks[i-1].number
+	}
+	return true
+}
+
+// writtenNumber reads a number spelled in words at the start of toks
+// ("twenty five", "two hundred", "a dozen" is left to "dozen") and returns
+// its canonical value and how many tokens it spans. "second" counts as 2
+// because "the second largest" and "the largest" ask different things.
+func writtenNumber(all []token, start int) (string, int, bool) {
+	toks := all[start:]
+	var total, cur float64
+	n := 0
+	for n < len(toks) {
+		w := toks[n].lower
+		if v, ok := smallNumbers[w]; ok {
+			if !countsAsNumber(all, start+n) {
+				break
+			}
+			cur += v
+			n++
+			continue
+		}
+		if v, ok := scaleWords[w]; ok && n > 0 {
+			if cur == 0 {
+				cur = 1
+			}
+			cur *= v
+			if v >= 1e3 {
+				total += cur
+				cur = 0
+			}
+			n++
+			continue
+		}
+		if w == "and" && n > 0 && n+1 < len(toks) {
+			if _, ok := smallNumbers[toks[n+1].lower]; ok {
+				n++
+				continue
+			}
+		}
+		break
+	}
+	if n == 0 {
+		if v, ok := scaleWords[toks[0].lower]; ok {
+			return strconv.FormatFloat(v, 'g', -1, 64), 1, true
+		}
+		return "", 0, false
+	}
+	return strconv.FormatFloat(total+cur, 'g', -1, 64), n, true
+}
+
+// units maps the spellings of a unit or currency to one name, so "$5" and
+// "5 dollars" agree while "5 USD" and "5 EUR" do not.
+var units = func() map[string]string {
+	groups := map[string][]string{
+		"usd": {"$", "usd", "dollar", "dollars", "bucks"}, "eur": {"€", "eur", "euro", "euros"},
+		"gbp": {"£", "gbp", "pound", "pounds", "quid", "sterling"}, "jpy": {"¥", "jpy", "yen"},
+		"inr": {"₹", "inr", "rupee", "rupees"}, "cad": {"cad"}, "aud": {"aud"}, "chf": {"chf", "franc", "francs"},
+		"cny": {"cny", "yuan", "rmb"}, "btc": {"btc", "bitcoin", "bitcoins"}, "eth": {"eth", "ether"},
+		"percent": {"%", "percent", "pct", "percentage"},
+		"km":      {"km", "kms", "kilometer", "kilometers", "kilometre", "kilometres"},
+		"mile":    {"mi", "mile", "miles"}, "m": {"meter", "meters", "metre", "metres"},
+		"cm": {"cm", "centimeter", "centimeters", "centimetre", "centimetres"}, "mm": {"mm", "millimeter", "millimeters"},
+		"inch": {"inch", "inches"}, "ft": {"ft", "foot", "feet"},
+		"kg": {"kg", "kgs", "kilo", "kilos", "kilogram", "kilograms"}, "g": {"gram", "grams"},
+		"lb": {"lb", "lbs"}, "oz": {"oz", "ounce", "ounces"}, "l": {"liter", "liters", "litre", "litres"},
+		"ml": {"ml", "milliliter", "milliliters"}, "gal": {"gallon", "gallons"},
+		"kb": {"kb", "kilobyte", "kilobytes"}, "mb": {"mb", "megabyte", "megabytes"},
+		"gb": {"gb", "gig", "gigs", "gigabyte", "gigabytes"}, "tb": {"tb", "terabyte", "terabytes"},
+		"second": {"sec", "secs", "seconds"}, "minute": {"min", "mins", "minute", "minutes"},
+		"hour": {"h", "hr", "hrs", "hour", "hours"}, "day": {"day", "days"}, "week": {"week", "weeks"},
+		"month": {"month", "months"}, "year": {"yr", "yrs", "year", "years"},
+		"am": {"am", "a.m"}, "pm": {"pm", "p.m"}, "celsius": {"c", "°c", "celsius", "centigrade"},
+		"fahrenheit": {"f", "°f", "fahrenheit"}, "mph": {"mph"}, "kph": {"kph", "km/h"},
+		"ghz": {"ghz"}, "mhz": {"mhz"}, "watt": {"w", "watt", "watts"}, "kwh": {"kwh"}, "volt": {"v", "volt", "volts"},
+	}
+	m := map[string]string{}
+	for canon, spellings := range groups {
+		for _, s := range spellings {
+			m[s] = canon
+		}
+	}
+	return m
+}()
+
+// singleLetterUnits are units only when they follow a number ("5 m", "20 c");
+// elsewhere they are ordinary words or initials.
+var singleLetterUnits = map[string]bool{"h": true, "c": true, "f": true, "w": true, "v": true}
+
+func unitOf(w string) string {
+	if singleLetterUnits[w] {
+		return ""
+	}
+	return units[w]
+}
+
+var months = map[string]string{
+	"january": "jan", "jan": "jan", "february": "feb", "feb": "feb", "march": "mar", "mar": "mar",
+	"april": "apr", "apr": "apr", "may": "may", "june": "jun", "jun": "jun", "july": "jul", "jul": "jul",
+	"august": "aug", "aug": "aug", "september": "sep", "sept": "sep", "sep": "sep", "october": "oct",
+	"oct": "oct", "november": "nov", "nov": "nov", "december": "dec", "dec": "dec",
+	"monday": "mon", "tuesday": "tue", "wednesday": "wed", "thursday": "thu", "friday": "fri",
+	"saturday": "sat", "sunday": "sun", "today": "today", "tonight": "today", "tomorrow": "tomorrow",
+	"yesterday": "yesterday", "weekend": "weekend", "weekday": "weekday", "morning": "morning",
+	"afternoon": "afternoon", "evening": "evening", "night": "night", "spring": "spring",
+	"summer": "summer", "autumn": "autumn", "fall": "autumn", "winter": "winter",
+}
+
+// dateWord returns the canonical date word at toks[i]. "May" and "march"
+// and "fall" are also ordinary words, so they count only next to a number.
+func dateWord(toks []token, i int) string {
+	d := months[toks[i].lower]
+	switch toks[i].lower {
+	case "may", "march", "mar", "fall", "sat", "sun", "jan":
+		near := (i > 0 && toks[i-1].number) || (i+1 < len(toks) && toks[i+1].number)
+		if !near {
+			return ""
+		}
+	}
+	return d
+}
+
+func isNegation(w string) bool {
+	switch w {
+	case "not", "no", "never", "without", "none", "nobody", "nothing", "nowhere", "neither", "nor",
+		"cannot", "cant", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont",
+		"wouldnt", "shouldnt", "couldnt", "hasnt", "havent", "hadnt", "unable", "except", "excluding":
+		return true
+	}
+	return strings.HasSuffix(w, "n't")
+}
+
+// commonWords are capitalised at the start of a sentence or as titles
+// without naming anything; they are never entities.
+var commonWords = func() map[string]bool {
+	m := map[string]bool{}
+	for _, w := range strings.Fields(`i i'm i've i'd i'll a an the this that these those what how why when where who whom whose which
+		can could would should will shall may might must do does did is are was were be been am have has had
+		please tell give show explain describe list write make help find get let i'm hi hello hey thanks thank
+		my your our their his her its we you they he she it there here if and or but so then also is what's how's
+		ok okay yes no not in on at for to from of with by about as into after before during between over under
+		is it's can't don't doesn't isn't won't what're are any some all each every one which who's`) {
+		m[w] = true
+	}
+	return m
+}()
+
+// gazetteer names entities people write in lower case: languages,
+// platforms and currency codes.
+var gazetteer = func() map[string]bool {
+	m := map[string]bool{}
+	for _, w := range strings.Fields(`english french spanish german italian portuguese chinese mandarin japanese
+		korean russian arabic hindi dutch swedish polish turkish greek hebrew
+		python java javascript typescript golang rust kotlin swift ruby php perl scala haskell
+		c++ c# sql mysql postgres postgresql mongodb redis kafka docker kubernetes linux windows macos
+		android ios iphone ipad mac chrome firefox safari edge excel word powerpoint outlook
+		usd eur gbp jpy inr cad aud chf cny btc eth`) {
+		m[w] = true
+	}
+	return m
+}()
+
+// isEntity reports whether a word names something: a capitalised word
+// inside a sentence, an all-caps word or code, a word mixing letters and
+// digits, or a known name.
+func isEntity(t token) bool {
+	if gazetteer[t.lower] {
+		return true
+	}
+	if commonWords[t.lower] || len([]rune(t.text)) < 2 {
+		return false
+	}
+	hasDigit, hasUpper, allUpper := false, false, true
+	for i, r := range t.text {
+		switch {
+		case unicode.IsDigit(r):
+			hasDigit = true
+		case unicode.IsUpper(r):
+			if i > 0 {
+				hasUpper = true
+			}
+		case unicode.IsLetter(r):
+			allUpper = false
+		}
+	}
+	if hasDigit || hasUpper || allUpper {
+		return true // GPT4, iPhone, SKU-like codes, USD, NASA
+	}
+	return !t.sentence && unicode.IsUpper([]rune(t.text)[0])
+}
+
+// opposites lists words of opposite meaning that sentence encoders place
+// close together. Each line is one pair of groups.
+var opposites = func() map[string]int {
+	pairs := [][2]string{
+		{"buy buying bought purchase", "sell selling sold"}, {"increase increasing raise", "decrease decreasing reduce lower"},
+		{"enable enabling enabled activate turn-on", "disable disabling disabled deactivate"},
+		{"add adding", "remove removing delete deleting"}, {"upload uploading", "download downloading"},
+		{"import importing", "export exporting"}, {"open opening", "close closing"}, {"start starting", "stop stopping"},
+		{"before", "after"}, {"above", "below"}, {"max maximum", "min minimum"}, {"more", "less fewer"},
+		{"most", "least"}, {"higher highest", "lower lowest"}, {"high", "low"}, {"up", "down"},
+		{"login log-in signin", "logout log-out signout"}, {"subscribe", "unsubscribe"}, {"encrypt", "decrypt"},
+		{"compress", "decompress"}, {"install", "uninstall"}, {"include", "exclude"}, {"accept", "reject decline"},
+		{"allow", "deny block"}, {"win", "lose"}, {"hot", "cold"}, {"early earlier", "late later"},
+		{"first", "last"}, {"cheap cheaper cheapest", "expensive pricier"}, {"fast faster fastest", "slow slower slowest"},
+		{"largest biggest", "smallest"}, {"large big bigger", "small smaller"}, {"best", "worst"},
+		{"pros advantages benefits", "cons disadvantages drawbacks"}, {"north", "south"}, {"east", "west"},
+		{"left", "right"}, {"male men", "female women"}, {"push", "pull"}, {"send sending sent", "receive receiving received"},
+		{"debit", "credit"}, {"deposit", "withdraw withdrawal"}, {"lend", "borrow"}, {"positive", "negative"},
+		{"true", "false"}, {"encode", "decode"}, {"lock", "unlock"}, {"connect", "disconnect"},
+		{"join", "leave"}, {"hire", "fire"}, {"export", "import"}, {"inbound incoming", "outbound outgoing"},
+		{"ascending", "descending"}, {"upgrade", "downgrade"}, {"online", "offline"}, {"public", "private"},
+		{"input", "output"}, {"internal", "external"}, {"minimum", "maximum"}, {"old older oldest", "new newer newest"},
+		{"past", "future"}, {"long longer longest", "short shorter shortest"}, {"with", "without"},
+		{"pay", "refund"}, {"weak", "strong"}, {"safe", "dangerous unsafe"}, {"legal", "illegal"},
+	}
+	m := map[string]int{}
+	for i, p := range pairs {
+		for _, w := range strings.Fields(p[0]) {
+			m[w] = 2*i + 1
+		}
+		for _, w := range strings.Fields(p[1]) {
+			m[w] = -(2*i + 1)
+		}
+	}
+	return m
+}()
+
+// opposed reports whether one prompt uses a word whose opposite the other
+// uses, and neither uses both.
+func opposed(a, b features) bool {
+	sideA := map[int]bool{}
+	for w := range a.words {
+		if s, ok := opposites[w]; ok {
+			sideA[s] = true
+		}
+	}
+	for w := range b.words {
+		s, ok := opposites[w]
+		if !ok || !sideA[-s] || sideA[s] {
+			continue
+		}
+		if bothSides(b, s) {
+			continue
+		}
+		return true
+	}
+	return false
+}
+
+func bothSides(f features, s int) bool {
+	for w := range f.words {
+		if opposites[w] == -s {
+			return true
+		}
+	}
+	return false
+}

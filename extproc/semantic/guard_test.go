@@ -1,0 +1,48 @@
+package semantic
+
+import "testing"
+
+func TestGuardRefusesWhatEmbeddingsBlur(t *testing.T) {
+	for _, tc := range []struct{ a, b, reason string }{
+		{"What is 15% of 200?", "What is 15% of 300?", refuseNumber},
+		{"Book a table for two people", "Book a table for three people", refuseNumber},
+		{"Is a 5 year warranty included?", "Is a five year warranty included?", ""},
+		{"What's the second largest city in Spain?", "What's the largest city in Spain?", refuseNumber},
+		{"Ship 1,000 units", "Ship 1000 units", ""},
+		{"Upgrade to 5k users", "Upgrade to 5000 users", ""},
+		{"Transfer $50 to savings", "Transfer €50 to savings", refuseUnit},
+		{"Transfer $50 to savings", "Transfer 50 dollars to savings", ""},
+		{"How long is a 10 km run?", "How long is a 10 mile run?", refuseUnit},
+		{"Is the store open on Monday?", "Is the store open on Tuesday?", refuseDate},
+		{"Can I cancel my order?", "Can't I cancel my order?", refuseNegation},
+		{"Make a cake with sugar", "Make a cake without sugar", refuseNegation},
+		{"Why does the app never sync?", "Why does the app always sync?", refuseNegation},
+		{"Convert 100 USD to EUR", "Convert 100 EUR to USD", refuseOrder},
+		{"convert usd to eur", "convert eur to usd", refuseOrder},
+		{"What is the capital of France?", "What is the capital of Germany?", refuseEntity},
+		{"What is the capital of France?", "what's the capital city of france", ""},
+		{"Where is order A1234?", "Where is order A1243?", refuseEntity},
+		{"How do I install Docker?", "How do I uninstall Docker?", refuseOpposite},
+		{"Which plan is cheapest?", "Which plan is most expensive?", refuseOpposite},
+		{"How do I reset my password?", "How can I reset my password?", ""},
+		{"Translate hello into french", "Translate hello into german", refuseEntity},
+	} {
+		if got := guardRefusal(tc.a, tc.b); got != tc.reason {
+			t.Errorf("guard(%q, %q) = %q, want %q", tc.a, tc.b, got, tc.reason)
+		}
+		if got := guardRefusal(tc.b, tc.a); (got == "") != (tc.reason == "") {
+			t.Errorf("guard is not symmetric for %q / %q: %q", tc.b, tc.a, got)
+		}
+	}
+}
+
+func FuzzGuard(f *testing.F) {
+	f.Add("What is 15% of 200?", "What is fifteen percent of two hundred?")
+	f.Add("Convert 100 USD to EUR", "twenty-five thousand and one")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		if guardRefusal(a, a) != "" {
+			t.Fatalf("guard refuses a prompt against itself: %q", a)
+		}
+		_ = guardRefusal(a, b)
+	})
+}

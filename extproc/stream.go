@@ -1,0 +1,435 @@
+package extproc
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/infergate/infergate/extproc/cache"
+	"github.com/infergate/infergate/extproc/canonical"
+	"github.com/infergate/infergate/extproc/ratelimit"
+	"github.com/infergate/infergate/policy"
+)
+
+// phase is where a request is in Envoy's fixed message order.
+type phase int
+
+const (
+	wantRequestHeaders phase = iota
+	wantRequestBody
+	wantResponseHeaders
+	wantResponseBody
+	finished
+)
+
+var phaseNames = [...]string{"request headers", "request body", "response headers", "response body", "end of response"}
+
+func (p phase) String() string { return phaseNames[p] }
+
+// stream is the state of one HTTP request through Envoy.
+type stream struct {
+	s    *Server
+	ctx  context.Context
+	send func(*extprocv3.ProcessingResponse) error
+
+	phase  phase
+	policy policy.Policy
+	method string
+	path   string
+	tenant string
+	scope  string
+	checks []limitCheck
+
+	// Request body, accumulated when Envoy streams it in chunks.
+	body     []byte
+	bodyOver bool
+
+	// Cache decisions made on the request.
+	noStore   bool // request Cache-Control: no-store
+	noCache   bool // request Cache-Control: no-cache
+	cacheable bool // the response may be stored under key
+	bypass    string
+	key       cache.Key
+	query     *Query
+	flight    *cache.Flight
+
+	// Response state.
+	status    int
+	respHdr   headers
+	storeNot  string // why the response will not be stored ("" = it may be)
+	sse       bool
+	respBody  []byte
+	respTail  []byte
+	respOver  bool
+	respBytes int
+}
+
+// Process implements the ext_proc gRPC service: one stream per request.
+func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
+	s.metrics.streams.Inc()
+	defer s.metrics.streams.Dec()
+	st := &stream{s: s, ctx: srv.Context(), send: srv.Send}
+	defer st.finishFlight(nil)
+	for {
+		req, err := srv.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			if status.Code(err) == codes.Canceled || srv.Context().Err() != nil {
+				return nil
+			}
+			s.metrics.streamErrors.WithLabelValues("receive").Inc()
+			return err
+		}
+		start := time.Now()
+		kind, err := st.handle(req)
+		if err != nil {
+			var pe *protocolError
+			if errors.As(err, &pe) {
+				s.metrics.streamErrors.WithLabelValues(pe.kind).Inc()
+				s.log.Warn("ext_proc stream ended", "kind", pe.kind, "error", pe.msg, "path", st.path)
+				return status.Error(pe.code, pe.msg)
+			}
+			s.metrics.streamErrors.WithLabelValues("send").Inc()
+			return err
+		}
+		s.metrics.messageSeconds.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+		if st.phase == finished {
+			// Nothing more will come that needs an answer; closing with OK
+			// lets the rest of the request pass unprocessed.
+			return nil
+		}
+	}
+}
+
+// protocolError ends a stream with a gRPC status: Envoy then applies its
+// failure mode (status_on_error, or failure_mode_allow lets the request go
+// on without ext_proc).
+type protocolError struct {
+	kind string
+	code codes.Code
+	msg  string
+}
+
+func (e *protocolError) Error() string { return e.msg }
+
+func outOfOrder(got string, p phase) error {
+	return &protocolError{kind: "out_of_order", code: codes.FailedPrecondition,
+		msg: fmt.Sprintf("ext_proc: got %s while waiting for %s", got, p)}
+}
+
+// handle processes one message and sends its answer. It returns the message
+// kind for the latency metric.
+func (st *stream) handle(req *extprocv3.ProcessingRequest) (string, error) {
+	switch r := req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		if st.phase != wantRequestHeaders {
+			return "", outOfOrder("request headers", st.phase)
+		}
+		return "request_headers", st.requestHeaders(r.RequestHeaders)
+	case *extprocv3.ProcessingRequest_RequestBody:
+		if st.phase != wantRequestBody {
+			return "", outOfOrder("request body", st.phase)
+		}
+		return "request_body", st.requestBody(r.RequestBody)
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		if st.phase != wantRequestBody {
+			return "", outOfOrder("request trailers", st.phase)
+		}
+		// Trailers end the body: a buffered body arrived before them, or
+		// there was none; either way the request is complete.
+		return "request_trailers", st.requestComplete(endedOnTrailers)
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		// An upstream may answer before the request body was sent
+		// (an early 413, say).
+		if st.phase != wantResponseHeaders && st.phase != wantRequestBody {
+			return "", outOfOrder("response headers", st.phase)
+		}
+		return "response_headers", st.responseHeaders(r.ResponseHeaders)
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		if st.phase != wantResponseBody {
+			return "", outOfOrder("response body", st.phase)
+		}
+		return "response_body", st.responseBody(r.ResponseBody)
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		if st.phase != wantResponseBody {
+			return "", outOfOrder("response trailers", st.phase)
+		}
+		st.responseComplete()
+		st.phase = finished
+		return "response_trailers", st.send(responseTrailersResponse())
+	default:
+		return "", &protocolError{kind: "unknown_message", code: codes.InvalidArgument,
+			msg: fmt.Sprintf("ext_proc: message %T is not supported", r)}
+	}
+}
+
+// requestHeaders reads the policy and the tenant, enforces rate limits and,
+// for a request without body, looks it up at once.
+func (st *stream) requestHeaders(hm *extprocv3.HttpHeaders) error {
+	p, err := streamPolicy(st.ctx)
+	if err != nil {
+		return &protocolError{kind: "bad_policy", code: codes.InvalidArgument, msg: err.Error()}
+	}
+	st.policy = p
+	h := readHeaders(hm.GetHeaders())
+	st.method, st.path = h[":method"], h[":path"]
+	st.tenant = tenantOf(h, p)
+	st.scope = tenantScope(st.tenant)
+	if p.SharedCache {
+		st.scope = cache.SharedScope
+	}
+	cc := directives(h[headerCacheControl])
+	st.noStore, st.noCache = cc["no-store"], cc["no-cache"]
+
+	if resp := st.enforceLimits(); resp != nil {
+		st.phase = finished
+		return st.send(resp)
+	}
+	if hm.GetEndOfStream() {
+		return st.requestComplete(endedOnHeaders)
+	}
+	st.phase = wantRequestBody
+	m := &mutation{}
+	m.add(headerPriority, strconv.Itoa(p.Priority))
+	return st.send(requestHeadersResponse(m))
+}
+
+// streamPolicy decodes the route's policy from the stream's gRPC metadata;
+// a route without one gets the defaults.
+func streamPolicy(ctx context.Context) (policy.Policy, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	v := md.Get(policy.MetadataKey)
+	if len(v) == 0 {
+		return policy.Default(), nil
+	}
+	return policy.Decode(v[0])
+}
+
+// tenantOf is the tenant header's value or, without one, a hash of the API
+// key (so keys never reach logs, metrics or Redis); "" when neither is sent.
+func tenantOf(h headers, p policy.Policy) string {
+	if t := h[p.TenantHeader]; t != "" {
+		return t
+	}
+	if k := h[p.APIKeyHeader]; k != "" {
+		return APIKeyTenant(k)
+	}
+	return ""
+}
+
+// tenantScope is the cache scope of a tenant; the prefix keeps a tenant
+// named like cache.SharedScope out of the shared scope.
+func tenantScope(tenant string) string { return "t:" + tenant }
+
+// APIKeyTenant is the tenant name of a caller known only by its API key:
+// "key:" and 16 hex digits of the key's SHA-256. Purge by this name.
+func APIKeyTenant(apiKey string) string {
+	sum := sha256.Sum256([]byte(apiKey))
+	return "key:" + hex.EncodeToString(sum[:8])
+}
+
+// enforceLimits checks the token budget (nothing taken: the cost is known
+// only from the response) and takes one request from the request rate. It
+// returns the 429 or 503 answer, or nil when the request may go on.
+func (st *stream) enforceLimits() *extprocv3.ProcessingResponse {
+	p := st.policy
+	var limits []ratelimit.Limit
+	if p.TokenBudget > 0 {
+		limits = append(limits, tokenLimit(p))
+	}
+	if p.RequestsPerSecond > 0 {
+		limits = append(limits, ratelimit.Limit{Name: "requests", Quota: p.RequestsPerSecond, Window: time.Second, Burst: float64(p.Burst)})
+	}
+	for _, l := range limits {
+		n := 1.0
+		if l.Name == "tokens" {
+			n = 0
+		}
+		d, err := st.s.limiter.Take(st.ctx, st.limitKey(l.Name), l, n)
+		if err != nil {
+			st.s.metrics.rateLimit.WithLabelValues(p.Route, l.Name, "unavailable").Inc()
+			m := &mutation{}
+			m.add(headerRetryAfter, "1")
+			m.add(headerContentType, "application/json")
+			return immediate(http.StatusServiceUnavailable, m, errorBody("rate limiter unavailable"), "infergate_ratelimit_unavailable")
+		}
+		st.checks = append(st.checks, limitCheck{limit: l, window: capacityOf(l), decision: d})
+		if !d.Allowed {
+			st.s.metrics.rateLimit.WithLabelValues(p.Route, l.Name, "denied").Inc()
+			m := &mutation{}
+			limitHeaders(m, st.checks)
+			m.add(headerRetryAfter, strconv.FormatInt(max(1, seconds(d.RetryAfter)), 10))
+			m.add(headerContentType, "application/json")
+			msg := "request rate limit exceeded"
+			if l.Name == "tokens" {
+				msg = "token budget exhausted"
+			}
+			return immediate(http.StatusTooManyRequests, m, errorBody(msg), "infergate_ratelimit_"+l.Name)
+		}
+		st.s.metrics.rateLimit.WithLabelValues(p.Route, l.Name, "allowed").Inc()
+	}
+	return nil
+}
+
+func tokenLimit(p policy.Policy) ratelimit.Limit {
+	return ratelimit.Limit{Name: "tokens", Quota: float64(p.TokenBudget), Window: p.TokenWindow, Burst: float64(p.TokenBudget)}
+}
+
+// capacityOf is the window a limit's full quota (its burst) refills in.
+func capacityOf(l ratelimit.Limit) time.Duration {
+	return time.Duration(l.Burst * float64(l.Window) / l.Quota)
+}
+
+func (st *stream) limitKey(name string) string {
+	return st.policy.Route + "|" + st.tenant + "|" + name
+}
+
+func (st *stream) requestBody(b *extprocv3.HttpBody) error {
+	if !st.bodyOver {
+		if len(st.body)+len(b.GetBody()) > st.s.cfg.MaxBodyBytes {
+			st.bodyOver, st.body = true, nil
+		} else {
+			st.body = append(st.body, b.GetBody()...)
+		}
+	}
+	if !b.GetEndOfStream() {
+		// Envoy streams this body (not BUFFERED): pass each chunk on and
+		// decide at the end.
+		return st.send(requestBodyResponse(nil, false))
+	}
+	return st.requestComplete(endedOnBody)
+}
+
+// requestEnd says which message completed the request.
+type requestEnd int
+
+const (
+	endedOnHeaders requestEnd = iota
+	endedOnBody
+	endedOnTrailers
+)
+
+// requestComplete runs once the whole request is known: model routing, the
+// exact cache, further stages, collapsing; then it answers the message that
+// completed the request.
+func (st *stream) requestComplete(end requestEnd) error {
+	st.phase = wantResponseHeaders
+	p := st.policy
+	req := canonical.Parse(st.body)
+	if st.bodyOver {
+		req = canonical.Request{}
+	}
+	m := &mutation{}
+	if req.Model != "" {
+		m.add(policy.ModelHeader, req.Model)
+	}
+	answer := func() error {
+		switch end {
+		case endedOnHeaders:
+			m.add(headerPriority, strconv.Itoa(p.Priority))
+			return st.send(requestHeadersResponse(m))
+		case endedOnBody:
+			// The model header may pick another route: Envoy recomputes it
+			// only when told to clear its route cache.
+			return st.send(requestBodyResponse(m, req.Model != ""))
+		}
+		// Trailers answers cannot change headers, which have gone
+		// upstream already.
+		return st.send(requestTrailersResponse())
+	}
+
+	switch {
+	case p.Cache == policy.CacheOff:
+		st.bypass = "cache-off"
+	case st.noStore:
+		st.bypass = "no-store"
+	case st.bodyOver:
+		st.bypass = "body-too-large"
+	case !req.Deterministic:
+		st.bypass = "non-deterministic"
+	}
+	route := p.Route
+	if st.bypass != "" {
+		st.s.metrics.lookups.WithLabelValues(route, "bypass").Inc()
+		return answer()
+	}
+	st.cacheable = true
+	st.key = cache.NewKey(cache.Request{Method: st.method, Route: route, Path: st.path, Model: req.Model, Scope: st.scope, Body: req.Canonical})
+	st.query = &Query{Policy: p, Method: st.method, Path: st.path, Scope: st.scope, Body: st.body, Request: req, Key: st.key}
+	if st.noCache {
+		// no-cache: go to the origin, but the fresh response may be stored.
+		st.s.metrics.lookups.WithLabelValues(route, "bypass").Inc()
+		return answer()
+	}
+
+	start := time.Now()
+	if e, _, ok := st.s.store.Get(st.ctx, st.key); ok {
+		st.s.metrics.lookupSeconds.WithLabelValues("hit").Observe(time.Since(start).Seconds())
+		st.s.metrics.lookups.WithLabelValues(route, "hit").Inc()
+		return st.serveEntry(&e, cacheStatus("hit", ttlParam(e.Remaining(time.Now())), keyParam(st.key)))
+	}
+	st.s.metrics.lookupSeconds.WithLabelValues("miss").Observe(time.Since(start).Seconds())
+	if p.Cache == policy.CacheSemantic {
+		for _, stage := range st.s.stages {
+			if e, detail, ok := stage.Lookup(st.ctx, st.query); ok {
+				st.s.metrics.lookups.WithLabelValues(route, "hit").Inc()
+				params := []string{"hit", ttlParam(e.Remaining(time.Now()))}
+				if detail != "" {
+					params = append(params, detail)
+				}
+				return st.serveEntry(e, cacheStatus(params...))
+			}
+		}
+	}
+	if wait := st.s.cfg.Cache.CollapseWait; wait > 0 {
+		fl, leader := st.s.flights.Join(st.key)
+		if leader {
+			st.flight = fl
+		} else {
+			// Envoy would otherwise time this message out while it waits.
+			if err := st.send(extendTimeout(wait + time.Second)); err != nil {
+				return err
+			}
+			if e, ok := fl.Wait(st.ctx, wait); ok {
+				st.s.metrics.lookups.WithLabelValues(route, "collapsed").Inc()
+				return st.serveEntry(e, cacheStatus("fwd=miss", "fwd-status=200", "collapsed", ttlParam(e.Remaining(time.Now())), keyParam(st.key)))
+			}
+		}
+	}
+	st.s.metrics.lookups.WithLabelValues(route, "miss").Inc()
+	return answer()
+}
+
+// serveEntry answers the request from a stored response.
+func (st *stream) serveEntry(e *cache.Entry, cacheStatusValue string) error {
+	st.phase = finished
+	m := &mutation{}
+	for _, h := range e.Header {
+		m.add(h.Name, h.Value)
+	}
+	m.add(headerCacheStatus, cacheStatusValue)
+	m.add(headerAge, strconv.FormatInt(e.Age(time.Now()), 10))
+	limitHeaders(m, st.checks)
+	return st.send(immediate(e.Status, m, e.Body, "infergate_cache_hit"))
+}
+
+// finishFlight releases followers of the request this stream leads.
+func (st *stream) finishFlight(e *cache.Entry) {
+	if st.flight != nil {
+		st.flight.Finish(e)
+		st.flight = nil
+	}
+}
