@@ -7,6 +7,7 @@ package redisconn
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"sync"
@@ -39,6 +40,17 @@ type Conn struct {
 	suppress  int
 }
 
+// quietClientLog routes go-redis's own log lines (one per failed dial,
+// printed to stderr by default) to slog at debug level: the outage is
+// reported by Conn, once per interval.
+var quietClientLog sync.Once
+
+type debugLogger struct{ log *slog.Logger }
+
+func (d debugLogger) Printf(ctx context.Context, format string, v ...any) {
+	d.log.DebugContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
+}
+
 // New connects lazily to cfg.Addr; onError is called once per failed call
 // with the operation's name (for the redis-errors metric).
 func New(cfg config.ExtProcRedis, log *slog.Logger, onError func(op string)) *Conn {
@@ -52,6 +64,7 @@ func New(cfg config.ExtProcRedis, log *slog.Logger, onError func(op string)) *Co
 		WriteTimeout: cfg.Timeout,
 		MaxRetries:   -1, // the fallback is the retry; a retry would double the stall
 	})
+	quietClientLog.Do(func() { redis.SetLogger(debugLogger{log: log}) })
 	if onError == nil {
 		onError = func(string) {}
 	}

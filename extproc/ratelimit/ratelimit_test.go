@@ -1,0 +1,122 @@
+package ratelimit
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/infergate/infergate/config"
+	"github.com/infergate/infergate/extproc/internal/redistest"
+	"github.com/infergate/infergate/extproc/redisconn"
+)
+
+var requests = Limit{Name: "requests", Quota: 2, Window: time.Second, Burst: 3}
+
+// clock is a settable time source for the in-process limiter.
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { return c.t }
+
+func TestLocalRequestRateWithBurst(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	l := NewLocal()
+	l.now = c.now
+	ctx := context.Background()
+	for i := range 3 {
+		d, _ := l.Take(ctx, "k", requests, 1)
+		if !d.Allowed || d.Remaining != int64(2-i) {
+			t.Fatalf("burst request %d: %+v", i, d)
+		}
+	}
+	d, _ := l.Take(ctx, "k", requests, 1)
+	if d.Allowed || d.Remaining != 0 || d.RetryAfter != 500*time.Millisecond {
+		t.Fatalf("over burst: %+v", d)
+	}
+	c.t = c.t.Add(500 * time.Millisecond) // one emission interval refills one
+	if d, _ := l.Take(ctx, "k", requests, 1); !d.Allowed {
+		t.Fatalf("after refill: %+v", d)
+	}
+	if d, _ := l.Take(ctx, "other", requests, 1); !d.Allowed || d.Remaining != 2 {
+		t.Fatalf("keys share state: %+v", d)
+	}
+}
+
+func TestLocalTokenBudgetOverdraw(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	l := NewLocal()
+	l.now = c.now
+	ctx := context.Background()
+	budget := Limit{Name: "tokens", Quota: 100, Window: time.Minute, Burst: 100}
+	if d, _ := l.Take(ctx, "k", budget, 0); !d.Allowed || d.Remaining != 100 {
+		t.Fatalf("fresh budget: %+v", d)
+	}
+	// One response uses three budgets' worth: allowed after the fact.
+	if err := l.Charge(ctx, "k", budget, 300); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := l.Take(ctx, "k", budget, 0)
+	if d.Allowed || d.RetryAfter < 2*time.Minute || d.RetryAfter > 2*time.Minute+time.Millisecond {
+		t.Fatalf("overdrawn budget: %+v (want denied for ~2m until back under the budget)", d)
+	}
+	c.t = c.t.Add(2*time.Minute + time.Second)
+	if d, _ := l.Take(ctx, "k", budget, 0); !d.Allowed {
+		t.Fatalf("recovered budget: %+v", d)
+	}
+}
+
+func newRedisLimiter(t *testing.T, addr string) *Redis {
+	cfg := config.Default().ExtProc.Redis
+	cfg.Addr, cfg.Timeout = addr, time.Second
+	conn := redisconn.New(cfg, slog.New(slog.DiscardHandler), nil)
+	t.Cleanup(func() { _ = conn.Close() })
+	return NewRedis(conn)
+}
+
+func TestRedisReplicasShareOneLimit(t *testing.T) {
+	srv := redistest.Start(t)
+	a, b := newRedisLimiter(t, srv.Addr), newRedisLimiter(t, srv.Addr)
+	ctx := context.Background()
+	slow := Limit{Name: "requests", Quota: 1, Window: time.Hour, Burst: 4}
+	allowed := 0
+	for i := range 8 {
+		r := a
+		if i%2 == 1 {
+			r = b
+		}
+		d, err := r.Take(ctx, "tenant|route", slow, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Allowed {
+			allowed++
+		} else if d.RetryAfter <= 0 {
+			t.Fatalf("denied without Retry-After: %+v", d)
+		}
+	}
+	if allowed != 4 {
+		t.Fatalf("two replicas allowed %d requests, want the burst of 4", allowed)
+	}
+	budget := Limit{Name: "tokens", Quota: 10, Window: time.Hour, Burst: 10}
+	if err := a.Charge(ctx, "t", budget, 50); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := b.Take(ctx, "t", budget, 0); err != nil || d.Allowed {
+		t.Fatalf("replica b after a's overdraw: %+v %v", d, err)
+	}
+}
+
+func TestFallbackWhenRedisIsDown(t *testing.T) {
+	srv := redistest.Start(t)
+	shared := newRedisLimiter(t, srv.Addr)
+	srv.Kill()
+	ctx := context.Background()
+	open := &Fallback{Shared: shared, Local: NewLocal()}
+	if d, err := open.Take(ctx, "k", requests, 1); err != nil || !d.Allowed {
+		t.Fatalf("fail-open: %+v %v", d, err)
+	}
+	closed := &Fallback{Shared: shared, Local: NewLocal(), FailClosed: true}
+	if _, err := closed.Take(ctx, "k", requests, 1); err == nil {
+		t.Fatal("fail-closed allowed a request without Redis")
+	}
+}
