@@ -162,7 +162,7 @@ func TestOpenOnThisHost(t *testing.T) {
 	if _, err := reg.Gather(); err != nil {
 		t.Fatalf("gather: %v", err)
 	}
-	if tel.Available() != (len(tel.Devices()) > 0 || tel.Reason() == "") {
+	if tel.Available() != (len(tel.Devices()) > 0) || tel.Available() != (tel.Reason() == "") {
 		t.Errorf("Available()=%v inconsistent with Devices()=%v Reason()=%q", tel.Available(), tel.Devices(), tel.Reason())
 	}
 	if err := tel.Close(); err != nil {

@@ -31,6 +31,11 @@ func openNVML(path string) (driver, error) {
 		return nil, fmt.Errorf("nvml init: %s", describe(ret))
 	}
 	d, err := enumerate(lib)
+	if err == nil && len(d.devs) == 0 {
+		// A driver without devices (a container not given any GPU) is a
+		// host without a GPU.
+		d, err = nil, errors.New("nvml: no GPU visible to this process")
+	}
 	if err != nil {
 		if ret := lib.Shutdown(); ret != nvml.SUCCESS {
 			err = errors.Join(err, fmt.Errorf("nvml shutdown: %s", describe(ret)))

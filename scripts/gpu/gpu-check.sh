@@ -17,7 +17,8 @@
 # DRY_RUN=1 runs the discovery for real and prints every command instead of
 # running it, so the script can be checked on a machine without a GPU.
 # Knobs (environment): OUT BIN MODEL_DIR PORT CONCURRENCY BATCH_SIZES WINDOW
-# WARMUP CEIL_WINDOW SEQ_LEN WORKERS MAX_BATCH BUDGET_S ENGINE_BACKEND.
+# WARMUP CEIL_WINDOW SEQ_LEN WORKERS MAX_BATCH BUDGET_S ENGINE_BACKEND
+# XLA_EXTRA_FLAGS READY_TIMEOUT PYTHON.
 set -u -o pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -40,6 +41,10 @@ CEIL_WINDOW=${CEIL_WINDOW:-3s}
 SEQ_LEN=${SEQ_LEN:-32}
 WORKERS=${WORKERS:-2}
 MAX_BATCH=${MAX_BATCH:-256}
+# Autotuning makes XLA's GPU compiles several times slower and every engine
+# start compiles its shape buckets; off, XLA picks GEMMs by cuBLAS's own
+# heuristics, as PyTorch does. XLA_EXTRA_FLAGS= (empty) turns it back on.
+XLA_EXTRA_FLAGS=${XLA_EXTRA_FLAGS---xla_gpu_autotune_level=0}
 # No step starts once this many seconds have passed; the device allows 8
 # minutes for the whole run, start-up and copies included.
 BUDGET_S=${BUDGET_S:-430}
@@ -122,8 +127,20 @@ discover_cuda_data_dir() {
 }
 
 check_inputs() {
-  local ok=0
+  local ok=0 err
+  # The device copy of the tree is capped (64 MiB with the model), so the
+  # binary may travel gzipped.
+  if [[ ! -x $BIN && -f $BIN.gz ]]; then
+    local unpacked
+    unpacked=$(mktemp -d)/infergate
+    if gunzip -c "$BIN.gz" >"$unpacked" && chmod +x "$unpacked"; then
+      log "ok   unpacked $BIN.gz to $unpacked"; BIN=$unpacked
+    fi
+  fi
   if [[ ! -x $BIN ]]; then missing binary "$BIN missing or not executable (run \`make gpu-check\` where Go is)"; ok=1
+  elif ! err=$("$BIN" version 2>&1); then
+    # A glibc older than the build machine's shows up here.
+    missing binary "$BIN does not run here: $(tail -n1 <<<"$err")"; ok=1
   else log "ok   binary: $BIN ($(file -b "$BIN" 2>/dev/null | cut -d, -f1-2))"; fi
   if [[ ! -f $MODEL_DIR/model.json ]]; then missing model "$MODEL_DIR/model.json missing (run \`make model\`)"; ok=1
   else log "ok   model: $MODEL_DIR"; fi
@@ -282,9 +299,9 @@ bench_sweep() {
 # -- the run ---------------------------------------------------------------
 
 log "gpu-check in $ROOT, results in $OUT$([[ $DRY_RUN == 1 ]] && echo ' (dry run: discovery only, commands printed)')"
-record_machine
 check_inputs
 INPUTS_OK=$?
+record_machine
 XLA_OK=0
 discover_plugin || XLA_OK=1
 discover_cuda_libs || XLA_OK=1
@@ -303,6 +320,7 @@ else
 fi
 [[ -n $NV_LIBS ]] && export LD_LIBRARY_PATH=$NV_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 [[ -n $CUDA_DATA_DIR ]] && export XLA_FLAGS="--xla_gpu_cuda_data_dir=$CUDA_DATA_DIR${XLA_FLAGS:+ $XLA_FLAGS}"
+[[ -n $XLA_EXTRA_FLAGS ]] && export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$XLA_EXTRA_FLAGS"
 [[ -n $PTXAS_DIR ]] && export PATH=$PTXAS_DIR:$PATH
 env | grep -E '^(GOMLX_|GOPJRT_|PJRT_|XLA_FLAGS|LD_LIBRARY_PATH|PATH=)' | sort >"$OUT/env.txt"
 
