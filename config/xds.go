@@ -1,16 +1,204 @@
 package config
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
 
-// XDS configures the control plane. The routing model (listeners, routes,
-// pools, per-route policy) is owned by the xds package.
+	"go.yaml.in/yaml/v3"
+
+	"github.com/infergate/infergate/policy"
+)
+
+// XDS configures the control plane and the routing model it serves to
+// Envoy: listeners, virtual hosts, routes, per-route policies and engine
+// pools. The same shape is read and written by the xDS admin API.
 type XDS struct {
 	// Listen is the ADS gRPC address Envoy connects to. Default 127.0.0.1:18000.
 	Listen string `yaml:"listen"`
 	// Admin is the HTTP address of the admin API, /metrics, /healthz and
 	// /readyz. Default 127.0.0.1:18001.
 	Admin string `yaml:"admin"`
+	// WatchInterval is how often the config file is checked for changes
+	// (modification time and content hash). Default 1s.
+	WatchInterval time.Duration `yaml:"watch_interval"`
+	// History is how many accepted config versions are kept for rollback.
+	// Default 20.
+	History int `yaml:"history"`
+	// HeartbeatTTL is how long an engine registered over the admin API stays
+	// in EDS without a heartbeat. Default 15s.
+	HeartbeatTTL time.Duration `yaml:"heartbeat_ttl"`
+	// ExtProc tunes the ext_proc filter in every listener; the ext_proc
+	// cluster's address is extproc.listen.
+	ExtProc XDSExtProc `yaml:"ext_proc"`
+	// Listeners default to one, "ingress" on 127.0.0.1:10000, routing
+	// everything to the pool "default".
+	Listeners []XDSListener `yaml:"listeners"`
+	// Policies are named per-route policies; a route without a policy gets
+	// the one named "default" if it exists, else the built-in defaults.
+	Policies map[string]policy.Policy `yaml:"policies"`
+	// Pools are the engine clusters. Default: one pool "default". The pool
+	// named "default", when it lists no endpoints, gets engine.listen.
+	Pools []XDSPool `yaml:"pools"`
 }
+
+// XDSExtProc tunes the ext_proc HTTP filter.
+type XDSExtProc struct {
+	// MessageTimeout is how long Envoy waits for each ext_proc answer
+	// before failing open. Default 500ms.
+	MessageTimeout time.Duration `yaml:"message_timeout"`
+	// ConnectTimeout is the ext_proc cluster's connect timeout. Default 1s.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+}
+
+// XDSListener is one Envoy listener (HCM with ext_proc then router). For
+// proxyless gRPC nodes the same name is served as an API listener.
+type XDSListener struct {
+	Name string `yaml:"name"`
+	// Address is the host:port Envoy binds. Default 127.0.0.1:10000.
+	Address string `yaml:"address"`
+	// Nodes restricts the listener to nodes whose id or cluster is listed.
+	// Default: every node.
+	Nodes        []string         `yaml:"nodes"`
+	VirtualHosts []XDSVirtualHost `yaml:"virtual_hosts"`
+}
+
+// XDSVirtualHost groups routes by Host header.
+type XDSVirtualHost struct {
+	Name string `yaml:"name"`
+	// Domains default to ["*"].
+	Domains []string   `yaml:"domains"`
+	Routes  []XDSRoute `yaml:"routes"`
+}
+
+// XDSRoute is one route: a match, where it goes, and how.
+type XDSRoute struct {
+	// Name is unique in its listener; it names the route to Envoy and
+	// scopes the ext_proc server's caches and limits.
+	Name  string        `yaml:"name"`
+	Match XDSRouteMatch `yaml:"match"`
+	// Pool sends all traffic to one pool. Give Pool or Destinations.
+	Pool string `yaml:"pool"`
+	// Destinations split traffic by weight, for canaries.
+	Destinations []XDSDestination `yaml:"destinations"`
+	// Timeout is the whole request's upstream timeout. Default 60s.
+	Timeout time.Duration `yaml:"timeout"`
+	// Retry is the retry policy. Default: retry once on a reset, a failed
+	// connection or a 503, within the pool's retry budget.
+	Retry XDSRetry `yaml:"retry"`
+	// Policy names an entry of xds.policies.
+	Policy string `yaml:"policy"`
+}
+
+// XDSRouteMatch selects requests. Exactly one of Prefix, Path and Regex
+// is set (default: prefix "/"); Headers and Model narrow it further.
+type XDSRouteMatch struct {
+	Prefix string `yaml:"prefix"`
+	Path   string `yaml:"path"`
+	// Regex is an RE2 regular expression matched against the whole path.
+	Regex   string           `yaml:"regex"`
+	Headers []XDSHeaderMatch `yaml:"headers"`
+	// Model matches the "model" named in the request body. The ext_proc
+	// server copies it into the x-infergate-model header and clears the
+	// route cache, so this is a header match on that header.
+	Model string `yaml:"model"`
+}
+
+// XDSHeaderMatch matches one request header. Exactly one of Exact,
+// Prefix, Regex and Present is set.
+type XDSHeaderMatch struct {
+	Name    string `yaml:"name"`
+	Exact   string `yaml:"exact"`
+	Prefix  string `yaml:"prefix"`
+	Regex   string `yaml:"regex"`
+	Present bool   `yaml:"present"`
+	// Invert makes the match succeed when the header does not match.
+	Invert bool `yaml:"invert"`
+}
+
+// XDSDestination is one weighted target of a route.
+type XDSDestination struct {
+	Pool   string `yaml:"pool"`
+	Weight uint32 `yaml:"weight"`
+}
+
+// XDSRetry is a route's retry policy.
+type XDSRetry struct {
+	// On lists Envoy retry conditions (5xx, gateway-error, reset,
+	// connect-failure, retriable-status-codes, ...). Default
+	// [reset, connect-failure, retriable-status-codes].
+	On []string `yaml:"on"`
+	// StatusCodes are the retriable status codes. Default [503].
+	StatusCodes []uint32 `yaml:"status_codes"`
+	// Attempts is the number of retries. Default 1 (set Disabled to turn
+	// retries off).
+	Attempts uint32 `yaml:"attempts"`
+	// PerTryTimeout bounds each attempt. Default: the route timeout.
+	PerTryTimeout time.Duration `yaml:"per_try_timeout"`
+	// Disabled turns retries off for the route.
+	Disabled bool `yaml:"disabled"`
+}
+
+// XDSPool is an engine cluster, load-balanced over EDS.
+type XDSPool struct {
+	Name string `yaml:"name"`
+	// LB is least_request (default), round_robin or random.
+	LB string `yaml:"lb"`
+	// Endpoints are static host:port members; engines may also register
+	// themselves over the admin API.
+	Endpoints []string `yaml:"endpoints"`
+	// ConnectTimeout defaults to 1s.
+	ConnectTimeout  time.Duration      `yaml:"connect_timeout"`
+	HealthCheck     XDSHealthCheck     `yaml:"health_check"`
+	Outlier         XDSOutlier         `yaml:"outlier_detection"`
+	CircuitBreakers XDSCircuitBreakers `yaml:"circuit_breakers"`
+}
+
+// XDSHealthCheck is the pool's active HTTP health check.
+type XDSHealthCheck struct {
+	// Path defaults to /v2/health/ready (KServe readiness).
+	Path string `yaml:"path"`
+	// Interval defaults to 5s, Timeout to 1s.
+	Interval time.Duration `yaml:"interval"`
+	Timeout  time.Duration `yaml:"timeout"`
+	// UnhealthyThreshold defaults to 3, HealthyThreshold to 1.
+	UnhealthyThreshold uint32 `yaml:"unhealthy_threshold"`
+	HealthyThreshold   uint32 `yaml:"healthy_threshold"`
+}
+
+// XDSOutlier is the pool's outlier detection.
+type XDSOutlier struct {
+	// Consecutive5xx ejects a host after this many 5xx in a row. Default 5.
+	Consecutive5xx uint32 `yaml:"consecutive_5xx"`
+	// Interval defaults to 10s, BaseEjectionTime to 30s.
+	Interval         time.Duration `yaml:"interval"`
+	BaseEjectionTime time.Duration `yaml:"base_ejection_time"`
+	// MaxEjectionPercent defaults to 50.
+	MaxEjectionPercent uint32 `yaml:"max_ejection_percent"`
+}
+
+// XDSCircuitBreakers are the pool's default-priority thresholds. The
+// connection and request limits default to 1024.
+type XDSCircuitBreakers struct {
+	MaxConnections     uint32 `yaml:"max_connections"`
+	MaxPendingRequests uint32 `yaml:"max_pending_requests"`
+	MaxRequests        uint32 `yaml:"max_requests"`
+	// RetryBudgetPercent caps active retries at this share of active
+	// requests to the pool (Envoy's retry budget). Default 20.
+	RetryBudgetPercent float64 `yaml:"retry_budget_percent"`
+	// MinRetryConcurrency is the retries always allowed under the budget.
+	// Default 3.
+	MinRetryConcurrency uint32 `yaml:"min_retry_concurrency"`
+}
+
+// DefaultPoolName is the pool of the default route. When it lists no
+// endpoints the control plane gives it engine.listen, so that the
+// quickstart routes to the co-located engine.
+const DefaultPoolName = "default"
 
 func (x *XDS) setDefaults() {
 	if x.Listen == "" {
@@ -19,8 +207,482 @@ func (x *XDS) setDefaults() {
 	if x.Admin == "" {
 		x.Admin = "127.0.0.1:18001"
 	}
+	if x.WatchInterval == 0 {
+		x.WatchInterval = time.Second
+	}
+	if x.History == 0 {
+		x.History = 20
+	}
+	if x.HeartbeatTTL == 0 {
+		x.HeartbeatTTL = 15 * time.Second
+	}
+	x.SetRoutingDefaults()
+}
+
+// SetRoutingDefaults fills the defaults of the routing model (listeners,
+// routes, pools, policies) — what the admin API may replace at run time.
+func (x *XDS) SetRoutingDefaults() {
+	if x.ExtProc.MessageTimeout == 0 {
+		x.ExtProc.MessageTimeout = 500 * time.Millisecond
+	}
+	if x.ExtProc.ConnectTimeout == 0 {
+		x.ExtProc.ConnectTimeout = time.Second
+	}
+	if len(x.Listeners) == 0 {
+		x.Listeners = []XDSListener{{Name: "ingress", VirtualHosts: []XDSVirtualHost{{
+			Name: "default", Routes: []XDSRoute{{Name: "default", Pool: DefaultPoolName}},
+		}}}}
+	}
+	for i := range x.Listeners {
+		l := &x.Listeners[i]
+		if l.Address == "" {
+			l.Address = "127.0.0.1:10000"
+		}
+		for j := range l.VirtualHosts {
+			vh := &l.VirtualHosts[j]
+			if len(vh.Domains) == 0 {
+				vh.Domains = []string{"*"}
+			}
+			for k := range vh.Routes {
+				vh.Routes[k].setDefaults()
+			}
+		}
+	}
+	if len(x.Pools) == 0 {
+		x.Pools = []XDSPool{{Name: DefaultPoolName}}
+	}
+	for i := range x.Pools {
+		x.Pools[i].setDefaults()
+	}
+	for name, p := range x.Policies {
+		p.Normalize()
+		x.Policies[name] = p
+	}
+}
+
+func (r *XDSRoute) setDefaults() {
+	m := &r.Match
+	if m.Prefix == "" && m.Path == "" && m.Regex == "" {
+		m.Prefix = "/"
+	}
+	if r.Timeout == 0 {
+		r.Timeout = 60 * time.Second
+	}
+	rt := &r.Retry
+	if len(rt.On) == 0 {
+		rt.On = []string{"reset", "connect-failure", "retriable-status-codes"}
+	}
+	if len(rt.StatusCodes) == 0 {
+		rt.StatusCodes = []uint32{http.StatusServiceUnavailable}
+	}
+	if rt.Attempts == 0 {
+		rt.Attempts = 1
+	}
+}
+
+func (p *XDSPool) setDefaults() {
+	if p.LB == "" {
+		p.LB = "least_request"
+	}
+	if p.ConnectTimeout == 0 {
+		p.ConnectTimeout = time.Second
+	}
+	h := &p.HealthCheck
+	if h.Path == "" {
+		h.Path = "/v2/health/ready"
+	}
+	if h.Interval == 0 {
+		h.Interval = 5 * time.Second
+	}
+	if h.Timeout == 0 {
+		h.Timeout = time.Second
+	}
+	if h.UnhealthyThreshold == 0 {
+		h.UnhealthyThreshold = 3
+	}
+	if h.HealthyThreshold == 0 {
+		h.HealthyThreshold = 1
+	}
+	o := &p.Outlier
+	if o.Consecutive5xx == 0 {
+		o.Consecutive5xx = 5
+	}
+	if o.Interval == 0 {
+		o.Interval = 10 * time.Second
+	}
+	if o.BaseEjectionTime == 0 {
+		o.BaseEjectionTime = 30 * time.Second
+	}
+	if o.MaxEjectionPercent == 0 {
+		o.MaxEjectionPercent = 50
+	}
+	cb := &p.CircuitBreakers
+	for _, v := range []*uint32{&cb.MaxConnections, &cb.MaxPendingRequests, &cb.MaxRequests} {
+		if *v == 0 {
+			*v = 1024
+		}
+	}
+	if cb.RetryBudgetPercent == 0 {
+		cb.RetryBudgetPercent = 20
+	}
+	if cb.MinRetryConcurrency == 0 {
+		cb.MinRetryConcurrency = 3
+	}
 }
 
 func (x *XDS) validate() error {
-	return errors.Join(checkHostPort("xds.listen", x.Listen), checkHostPort("xds.admin", x.Admin))
+	errs := []error{checkHostPort("xds.listen", x.Listen), checkHostPort("xds.admin", x.Admin)}
+	if x.WatchInterval < 0 {
+		errs = append(errs, fmt.Errorf("xds.watch_interval: %s is negative", x.WatchInterval))
+	}
+	if x.History < 1 {
+		errs = append(errs, fmt.Errorf("xds.history: %d must be at least 1", x.History))
+	}
+	if x.HeartbeatTTL < 0 {
+		errs = append(errs, fmt.Errorf("xds.heartbeat_ttl: %s is negative", x.HeartbeatTTL))
+	}
+	errs = append(errs, x.ValidateRouting())
+	return errors.Join(errs...)
+}
+
+// ValidateRouting checks the routing model on its own and its references
+// (every route's pools and policy exist, every regex compiles). Each
+// problem is one error starting with its path, e.g.
+// "xds.listeners[0].virtual_hosts[0].routes[2].match.regex: ...", which
+// WithLines turns into a file line.
+func (x *XDS) ValidateRouting() error {
+	var errs []error
+	add := func(path, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+	}
+	if x.ExtProc.MessageTimeout < 0 {
+		add("xds.ext_proc.message_timeout", "%s is negative", x.ExtProc.MessageTimeout)
+	}
+	if x.ExtProc.ConnectTimeout < 0 {
+		add("xds.ext_proc.connect_timeout", "%s is negative", x.ExtProc.ConnectTimeout)
+	}
+	pools := map[string]bool{}
+	for i, p := range x.Pools {
+		path := fmt.Sprintf("xds.pools[%d]", i)
+		if !validName(p.Name) {
+			add(path+".name", "%q is not a name (letters, digits, - _ .)", p.Name)
+		}
+		if pools[p.Name] {
+			add(path+".name", "pool %q is defined twice", p.Name)
+		}
+		pools[p.Name] = true
+		errs = append(errs, p.validate(path))
+	}
+	for name, p := range x.Policies {
+		if !validName(name) {
+			add("xds.policies."+name, "%q is not a name (letters, digits, - _ .)", name)
+		}
+		if err := p.Validate(); err != nil {
+			for _, e := range splitJoined(err) {
+				add("xds.policies."+name+"."+fieldOf(e), "%s", msgOf(e))
+			}
+		}
+	}
+	listeners := map[string]bool{}
+	addresses := map[string]string{}
+	for i, l := range x.Listeners {
+		path := fmt.Sprintf("xds.listeners[%d]", i)
+		if !validName(l.Name) {
+			add(path+".name", "%q is not a name (letters, digits, - _ .)", l.Name)
+		}
+		if listeners[l.Name] {
+			add(path+".name", "listener %q is defined twice", l.Name)
+		}
+		listeners[l.Name] = true
+		if err := checkHostPort(path+".address", l.Address); err != nil {
+			errs = append(errs, err)
+		} else if other, ok := addresses[l.Address]; ok {
+			add(path+".address", "%s is already used by listener %q", l.Address, other)
+		}
+		addresses[l.Address] = l.Name
+		if len(l.VirtualHosts) == 0 {
+			add(path+".virtual_hosts", "a listener needs at least one virtual host")
+		}
+		routes := map[string]bool{}
+		vhosts := map[string]bool{}
+		domains := map[string]string{}
+		for j, vh := range l.VirtualHosts {
+			vpath := fmt.Sprintf("%s.virtual_hosts[%d]", path, j)
+			if !validName(vh.Name) {
+				add(vpath+".name", "%q is not a name (letters, digits, - _ .)", vh.Name)
+			}
+			if vhosts[vh.Name] {
+				add(vpath+".name", "virtual host %q is defined twice in listener %q", vh.Name, l.Name)
+			}
+			vhosts[vh.Name] = true
+			for k, d := range vh.Domains {
+				if other, ok := domains[d]; ok {
+					add(fmt.Sprintf("%s.domains[%d]", vpath, k), "domain %q is already served by virtual host %q", d, other)
+				}
+				domains[d] = vh.Name
+			}
+			if len(vh.Routes) == 0 {
+				add(vpath+".routes", "a virtual host needs at least one route")
+			}
+			for k, r := range vh.Routes {
+				rpath := fmt.Sprintf("%s.routes[%d]", vpath, k)
+				if routes[r.Name] {
+					add(rpath+".name", "route %q is defined twice in listener %q", r.Name, l.Name)
+				}
+				routes[r.Name] = true
+				errs = append(errs, r.validate(rpath, pools, x.Policies))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (r *XDSRoute) validate(path string, pools map[string]bool, policies map[string]policy.Policy) error {
+	var errs []error
+	add := func(p, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", p, fmt.Sprintf(format, args...)))
+	}
+	if !validName(r.Name) {
+		add(path+".name", "%q is not a name (letters, digits, - _ .)", r.Name)
+	}
+	m := r.Match
+	set := 0
+	for _, s := range []string{m.Prefix, m.Path, m.Regex} {
+		if s != "" {
+			set++
+		}
+	}
+	if set > 1 {
+		add(path+".match", "give only one of prefix, path and regex")
+	}
+	if m.Prefix != "" && !strings.HasPrefix(m.Prefix, "/") {
+		add(path+".match.prefix", "%q must start with /", m.Prefix)
+	}
+	if m.Path != "" && !strings.HasPrefix(m.Path, "/") {
+		add(path+".match.path", "%q must start with /", m.Path)
+	}
+	if m.Regex != "" {
+		if _, err := regexp.Compile(m.Regex); err != nil {
+			add(path+".match.regex", "not an RE2 expression: %v", err)
+		}
+	}
+	for i, h := range m.Headers {
+		hpath := fmt.Sprintf("%s.match.headers[%d]", path, i)
+		if h.Name == "" || strings.ToLower(h.Name) != h.Name || strings.ContainsAny(h.Name, " \t\r\n") {
+			add(hpath+".name", "%q is not a lower-case header name", h.Name)
+		}
+		kinds := 0
+		for _, s := range []string{h.Exact, h.Prefix, h.Regex} {
+			if s != "" {
+				kinds++
+			}
+		}
+		if h.Present {
+			kinds++
+		}
+		if kinds != 1 {
+			add(hpath, "give exactly one of exact, prefix, regex and present")
+		}
+		if h.Regex != "" {
+			if _, err := regexp.Compile(h.Regex); err != nil {
+				add(hpath+".regex", "not an RE2 expression: %v", err)
+			}
+		}
+	}
+	switch {
+	case r.Pool != "" && len(r.Destinations) > 0:
+		add(path, "give pool or destinations, not both")
+	case r.Pool == "" && len(r.Destinations) == 0:
+		add(path, "give pool or destinations")
+	case r.Pool != "" && !pools[r.Pool]:
+		add(path+".pool", "no pool named %q", r.Pool)
+	}
+	seen := map[string]bool{}
+	var total uint64
+	for i, d := range r.Destinations {
+		dpath := fmt.Sprintf("%s.destinations[%d]", path, i)
+		if !pools[d.Pool] {
+			add(dpath+".pool", "no pool named %q", d.Pool)
+		}
+		if seen[d.Pool] {
+			add(dpath+".pool", "pool %q is listed twice", d.Pool)
+		}
+		seen[d.Pool] = true
+		total += uint64(d.Weight)
+	}
+	if len(r.Destinations) > 0 && total == 0 {
+		add(path+".destinations", "weights add up to 0")
+	}
+	if total > 1<<32-1 {
+		add(path+".destinations", "weights add up to more than 4294967295")
+	}
+	if r.Timeout < 0 {
+		add(path+".timeout", "%s is negative", r.Timeout)
+	}
+	rt := r.Retry
+	for i, on := range rt.On {
+		if !retryConditions[on] {
+			add(fmt.Sprintf("%s.retry.on[%d]", path, i), "%q is not an Envoy retry condition (%s)", on, strings.Join(retryConditionList, ", "))
+		}
+	}
+	for i, c := range rt.StatusCodes {
+		if c < 100 || c > 599 {
+			add(fmt.Sprintf("%s.retry.status_codes[%d]", path, i), "%d is not an HTTP status", c)
+		}
+	}
+	if rt.PerTryTimeout < 0 {
+		add(path+".retry.per_try_timeout", "%s is negative", rt.PerTryTimeout)
+	}
+	if r.Policy != "" {
+		if _, ok := policies[r.Policy]; !ok {
+			add(path+".policy", "no policy named %q in xds.policies", r.Policy)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p *XDSPool) validate(path string) error {
+	var errs []error
+	add := func(p, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", p, fmt.Sprintf(format, args...)))
+	}
+	switch p.LB {
+	case "least_request", "round_robin", "random":
+	default:
+		add(path+".lb", "%q is not one of least_request, round_robin, random", p.LB)
+	}
+	for i, e := range p.Endpoints {
+		if err := checkHostPort(fmt.Sprintf("%s.endpoints[%d]", path, i), e); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if p.ConnectTimeout < 0 {
+		add(path+".connect_timeout", "%s is negative", p.ConnectTimeout)
+	}
+	h := p.HealthCheck
+	if !strings.HasPrefix(h.Path, "/") {
+		add(path+".health_check.path", "%q must start with /", h.Path)
+	}
+	if h.Interval < 0 || h.Timeout < 0 {
+		add(path+".health_check", "interval and timeout must not be negative")
+	}
+	if cb := p.CircuitBreakers; cb.RetryBudgetPercent < 0 || cb.RetryBudgetPercent > 100 {
+		add(path+".circuit_breakers.retry_budget_percent", "%v is not in 0..100", cb.RetryBudgetPercent)
+	}
+	if p.Outlier.MaxEjectionPercent > 100 {
+		add(path+".outlier_detection.max_ejection_percent", "%d is over 100", p.Outlier.MaxEjectionPercent)
+	}
+	if p.Outlier.Interval < 0 || p.Outlier.BaseEjectionTime < 0 {
+		add(path+".outlier_detection", "interval and base_ejection_time must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+var retryConditionList = []string{"5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
+	"envoy-ratelimited", "retriable-4xx", "refused-stream", "retriable-status-codes", "retriable-headers", "http3-post-connect-failure"}
+
+var retryConditions = func() map[string]bool {
+	m := map[string]bool{}
+	for _, c := range retryConditionList {
+		m[c] = true
+	}
+	return m
+}()
+
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+func validName(s string) bool { return namePattern.MatchString(s) }
+
+func splitJoined(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// fieldOf and msgOf split a policy error "field: message".
+func fieldOf(err error) string {
+	f, _, _ := strings.Cut(err.Error(), ": ")
+	return f
+}
+
+func msgOf(err error) string {
+	_, m, _ := strings.Cut(err.Error(), ": ")
+	return m
+}
+
+// fieldPath finds a config path such as xds.listeners[0].routes[2].name at
+// the start of a message or after ": ".
+var fieldPath = regexp.MustCompile(`(?:^|: )([a-z_]+(?:\.[A-Za-z0-9_-]+|\[\d+\])*): `)
+
+// WithLines adds "(line N)" after every config path in err's message whose
+// node it finds in the YAML source data, so that a refused change points
+// at the line to fix. err is returned unchanged when data does not parse.
+func WithLines(data []byte, err error) error {
+	if err == nil {
+		return nil
+	}
+	var root yaml.Node
+	if yaml.Unmarshal(data, &root) != nil || len(root.Content) == 0 {
+		return err
+	}
+	msg := err.Error()
+	var b strings.Builder
+	last := 0
+	for _, m := range fieldPath.FindAllStringSubmatchIndex(msg, -1) {
+		path := msg[m[2]:m[3]]
+		line := lineOf(root.Content[0], path)
+		if line == 0 {
+			continue
+		}
+		b.WriteString(msg[last:m[3]])
+		b.WriteString(" (line " + strconv.Itoa(line) + ")")
+		last = m[3]
+	}
+	if last == 0 {
+		return err
+	}
+	b.WriteString(msg[last:])
+	return lineError{msg: b.String(), err: err}
+}
+
+type lineError struct {
+	msg string
+	err error
+}
+
+func (e lineError) Error() string { return e.msg }
+func (e lineError) Unwrap() error { return e.err }
+
+var pathSegment = regexp.MustCompile(`\[(\d+)\]|\.?([^.\[]+)`)
+
+// lineOf walks path through the YAML tree and returns the line of the
+// deepest node it reaches (0 if not even the first step exists), so that a
+// missing field points at its parent.
+func lineOf(n *yaml.Node, path string) int {
+	line := 0
+	for _, seg := range pathSegment.FindAllStringSubmatch(path, -1) {
+		var next *yaml.Node
+		if seg[1] != "" {
+			i, _ := strconv.Atoi(seg[1])
+			if n.Kind == yaml.SequenceNode && i < len(n.Content) {
+				next = n.Content[i]
+			}
+		} else if n.Kind == yaml.MappingNode {
+			for k := 0; k+1 < len(n.Content); k += 2 {
+				if n.Content[k].Value == seg[2] {
+					next = n.Content[k+1]
+					if next.Kind == yaml.ScalarNode {
+						next = &yaml.Node{Line: n.Content[k].Line}
+					}
+					break
+				}
+			}
+		}
+		if next == nil {
+			return line
+		}
+		n, line = next, next.Line
+	}
+	return line
 }

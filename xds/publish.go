@@ -1,0 +1,199 @@
+package xds
+
+import (
+	"context"
+	"encoding/binary"
+	"hash/fnv"
+	"slices"
+	"strconv"
+	"sync"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// isProxyless tells a proxyless gRPC client from an Envoy: Envoy names
+// itself "envoy" in user_agent_name. Proxyless nodes get each listener in
+// its API-listener form, which Envoy cannot take over LDS.
+func isProxyless(n *corev3.Node) bool {
+	ua := n.GetUserAgentName()
+	return ua != "" && ua != "envoy"
+}
+
+// nodeKey is the snapshot cache key: an Envoy and a proxyless client that
+// share a node id still get the resources of their kind.
+func nodeKey(n *corev3.Node) string {
+	if isProxyless(n) {
+		return "grpc/" + n.GetId()
+	}
+	return "envoy/" + n.GetId()
+}
+
+type nodeKeyHash struct{}
+
+func (nodeKeyHash) ID(n *corev3.Node) string { return nodeKey(n) }
+
+var resourceTypes = []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType}
+
+// typeVersion remembers, per node and type, the content hash behind the
+// version last set, so that a type whose content did not change keeps its
+// version and is not pushed again.
+type typeVersion struct {
+	hash    uint64
+	version string
+}
+
+// publisher cuts a build into per-node snapshots: each node gets the
+// listeners meant for it and only the routes, clusters and endpoints
+// those listeners reference.
+type publisher struct {
+	cache cachev3.SnapshotCache
+
+	mu         sync.Mutex
+	res        *resources
+	hashes     map[proto.Message]uint64
+	generation int
+	nodes      map[string]*publishedNode
+}
+
+type publishedNode struct {
+	node     *corev3.Node
+	versions map[string]typeVersion
+}
+
+func newPublisher(c cachev3.SnapshotCache) *publisher {
+	return &publisher{cache: c, nodes: map[string]*publishedNode{}, hashes: map[proto.Message]uint64{}}
+}
+
+// publish makes r current and updates every known node's snapshot.
+func (p *publisher) publish(r *resources) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.hashes
+	p.res, p.hashes = r, make(map[proto.Message]uint64, len(old))
+	for _, m := range r.messages() {
+		p.hashes[m] = hashMessage(m)
+	}
+	p.generation++
+	for key, n := range p.nodes {
+		p.setLocked(key, n)
+	}
+}
+
+// addNode gives a newly connected node its snapshot.
+func (p *publisher) addNode(key string, node *corev3.Node) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n, ok := p.nodes[key]
+	if !ok {
+		n = &publishedNode{node: node, versions: map[string]typeVersion{}}
+		p.nodes[key] = n
+	}
+	if p.res != nil {
+		p.setLocked(key, n)
+	}
+}
+
+// removeNode forgets a node whose last stream closed.
+func (p *publisher) removeNode(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.nodes, key)
+	p.cache.ClearSnapshot(key)
+}
+
+func (p *publisher) setLocked(key string, n *publishedNode) {
+	byType := p.res.forNode(n.node)
+	snap := &cachev3.Snapshot{}
+	for _, typeURL := range resourceTypes {
+		items := byType[typeURL]
+		h := fnv.New64a()
+		var buf [8]byte
+		for _, it := range items {
+			h.Write([]byte(cachev3.GetResourceName(it)))
+			binary.LittleEndian.PutUint64(buf[:], p.hashes[it.(proto.Message)])
+			h.Write(buf[:])
+		}
+		sum := h.Sum64()
+		tv, ok := n.versions[typeURL]
+		if !ok || tv.hash != sum {
+			tv = typeVersion{hash: sum, version: strconv.Itoa(p.generation)}
+			n.versions[typeURL] = tv
+		}
+		snap.Resources[cachev3.GetResponseType(typeURL)] = cachev3.NewResources(tv.version, items)
+	}
+	// The snapshot is consistent by construction (check passed on the
+	// whole build) and SetSnapshot only fails for an unknown type.
+	_ = p.cache.SetSnapshot(context.Background(), key, snap)
+}
+
+// forNode selects the resources node gets, in a stable order.
+func (r *resources) forNode(node *corev3.Node) map[string][]types.Resource {
+	proxyless := isProxyless(node)
+	out := map[string][]types.Resource{}
+	clusters := map[string]bool{}
+	for _, name := range r.order {
+		if sel := r.listenerNodes[name]; len(sel) > 0 && !slices.Contains(sel, node.GetId()) && !slices.Contains(sel, node.GetCluster()) {
+			continue
+		}
+		if proxyless {
+			out[resourcev3.ListenerType] = append(out[resourcev3.ListenerType], r.apiListeners[name])
+		} else {
+			out[resourcev3.ListenerType] = append(out[resourcev3.ListenerType], r.envoyListeners[name])
+		}
+		out[resourcev3.RouteType] = append(out[resourcev3.RouteType], r.routes[name])
+		for _, c := range r.listenerClusters[name] {
+			clusters[c] = true
+		}
+	}
+	if !proxyless && len(out[resourcev3.ListenerType]) > 0 {
+		clusters[ExtProcCluster] = true
+	}
+	for _, c := range sortedKeys(clusters) {
+		out[resourcev3.ClusterType] = append(out[resourcev3.ClusterType], r.clusters[c])
+		if e, ok := r.endpoints[c]; ok {
+			out[resourcev3.EndpointType] = append(out[resourcev3.EndpointType], e)
+		}
+	}
+	return out
+}
+
+func hashMessage(m proto.Message) uint64 {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		// check already marshalled every resource; a failure here would
+		// only make the type look changed and be pushed once more.
+		return 0
+	}
+	h := fnv.New64a()
+	h.Write(b)
+	return h.Sum64()
+}
+
+// nackGuard stops NACK storms. go-control-plane's snapshot cache answers a
+// request whose version differs from the snapshot's at once, and a NACK
+// carries the last version the node accepted, so a rejected version would
+// be re-sent immediately, forever. When the node has NACKed exactly the
+// version the snapshot holds, the guard presents the request as already
+// up to date: the watch then waits until the config changes.
+type nackGuard struct {
+	cachev3.SnapshotCache
+	tracker *tracker
+}
+
+func (g *nackGuard) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
+	key := nodeKey(req.GetNode())
+	typeURL := req.GetTypeUrl()
+	if v := g.tracker.nacked(key, typeURL); v != "" && v != req.GetVersionInfo() {
+		if snap, err := g.GetSnapshot(key); err == nil && snap.GetVersion(typeURL) == v {
+			held := proto.Clone(req).(*discoveryv3.DiscoveryRequest)
+			held.VersionInfo = v
+			req = held
+		}
+	}
+	return g.SnapshotCache.CreateWatch(req, sub, ch)
+}

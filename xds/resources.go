@@ -1,0 +1,431 @@
+package xds
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/infergate/infergate/config"
+	"github.com/infergate/infergate/policy"
+)
+
+// Names every snapshot uses.
+const (
+	// ExtProcCluster is the cluster of the ext_proc server (HTTP/2).
+	ExtProcCluster = "infergate-extproc"
+	// ExtProcFilter is the HTTP filter name, also the key of the per-route
+	// policy in typed_per_filter_config.
+	ExtProcFilter = "envoy.filters.http.ext_proc"
+	// RouterFilter must be the last HTTP filter.
+	RouterFilter = "envoy.filters.http.router"
+
+	hcmFilter               = "envoy.filters.network.http_connection_manager"
+	httpProtocolOptionsName = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+)
+
+// model is everything one snapshot is built from: the routing section and
+// the addresses that come from the other sections.
+type model struct {
+	routing     config.XDS
+	extProcAddr string // extproc.listen
+	engineAddr  string // engine.listen, the default pool's endpoint
+}
+
+// resources is one build of the whole routing model, before it is cut
+// into per-node snapshots.
+type resources struct {
+	envoyListeners map[string]*listenerv3.Listener // socket listeners for Envoy
+	apiListeners   map[string]*listenerv3.Listener // API listeners for proxyless gRPC
+	routes         map[string]*routev3.RouteConfiguration
+	clusters       map[string]*clusterv3.Cluster
+	endpoints      map[string]*endpointv3.ClusterLoadAssignment
+	// listenerClusters lists the clusters each listener's routes use.
+	listenerClusters map[string][]string
+	// listenerNodes is each listener's node selector (empty: every node).
+	listenerNodes map[string][]string
+	order         []string // listener names in config order
+}
+
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	}
+}
+
+// builder packs messages into Any and keeps the first error (a string
+// that is not UTF-8, say), so that the build functions stay readable.
+type builder struct{ err error }
+
+func (b *builder) any(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil && b.err == nil {
+		b.err = fmt.Errorf("cannot encode %T: %w", m, err)
+	}
+	return a
+}
+
+// build turns the model plus the registered endpoints into resources. It
+// reports problems the config validation cannot see (such as an endpoint
+// that is not an IP address), by config path.
+func build(m model, registered map[string][]string) (*resources, error) {
+	r := &resources{
+		envoyListeners:   map[string]*listenerv3.Listener{},
+		apiListeners:     map[string]*listenerv3.Listener{},
+		routes:           map[string]*routev3.RouteConfiguration{},
+		clusters:         map[string]*clusterv3.Cluster{},
+		endpoints:        map[string]*endpointv3.ClusterLoadAssignment{},
+		listenerClusters: map[string][]string{},
+		listenerNodes:    map[string][]string{},
+	}
+	x := m.routing
+	policies := map[string]policy.Policy{}
+	for name, p := range x.Policies {
+		policies[name] = p
+	}
+	var errs []string
+	for i, p := range x.Pools {
+		r.clusters[p.Name] = poolCluster(p)
+		addrs := append([]string(nil), p.Endpoints...)
+		if len(addrs) == 0 && p.Name == config.DefaultPoolName {
+			addrs = []string{m.engineAddr}
+		}
+		for j, a := range addrs {
+			if host, _ := config.HostPort(a); net.ParseIP(host) == nil {
+				errs = append(errs, fmt.Sprintf("xds.pools[%d].endpoints[%d]: EDS needs an IP address, not the host name %q", i, j, host))
+			}
+		}
+		r.endpoints[p.Name] = loadAssignment(p.Name, append(addrs, registered[p.Name]...))
+	}
+	b := &builder{}
+	ext, err := b.extProcCluster(m.extProcAddr, x.ExtProc.ConnectTimeout)
+	if err != nil {
+		errs = append(errs, err.Error())
+	} else {
+		r.clusters[ExtProcCluster] = ext
+	}
+	for _, l := range x.Listeners {
+		rc, used := b.routeConfig(l, policies)
+		r.routes[l.Name] = rc
+		r.listenerClusters[l.Name] = used
+		r.listenerNodes[l.Name] = l.Nodes
+		r.envoyListeners[l.Name] = b.envoyListener(l, x.ExtProc)
+		r.apiListeners[l.Name] = b.apiListener(l, x.ExtProc)
+		r.order = append(r.order, l.Name)
+	}
+	if b.err != nil {
+		errs = append(errs, b.err.Error())
+	}
+	if len(errs) > 0 {
+		return nil, errors.New(strings.Join(errs, "\n"))
+	}
+	return r, nil
+}
+
+// extProcFilter is the ext_proc HTTP filter every listener runs before the
+// router: headers and buffered bodies both ways, mode override allowed (so
+// an SSE response can switch to STREAMED), failing open.
+func (b *builder) extProcFilter(e config.XDSExtProc, optional bool) *hcmv3.HttpFilter {
+	return &hcmv3.HttpFilter{
+		Name: ExtProcFilter,
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: b.any(&extprocv3.ExternalProcessor{
+			GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+				EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: ExtProcCluster},
+			}},
+			FailureModeAllow: true,
+			ProcessingMode: &extprocv3.ProcessingMode{
+				RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
+				RequestBodyMode:     extprocv3.ProcessingMode_BUFFERED,
+				RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
+				ResponseHeaderMode:  extprocv3.ProcessingMode_SEND,
+				ResponseBodyMode:    extprocv3.ProcessingMode_BUFFERED,
+				ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
+			},
+			AllowModeOverride: true,
+			MessageTimeout:    durationpb.New(e.MessageTimeout),
+			RequestAttributes: []string{"xds.route_name"},
+			StatPrefix:        "infergate",
+		})},
+		// Proxyless gRPC has no ext_proc filter unless switched on; optional
+		// lets such a client ignore it instead of rejecting the listener.
+		IsOptional: optional,
+	}
+}
+
+func (b *builder) routerFilter() *hcmv3.HttpFilter {
+	return &hcmv3.HttpFilter{
+		Name:       RouterFilter,
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: b.any(&routerv3.Router{})},
+	}
+}
+
+func (b *builder) connectionManager(l config.XDSListener, e config.XDSExtProc, proxyless bool) *hcmv3.HttpConnectionManager {
+	return &hcmv3.HttpConnectionManager{
+		StatPrefix: l.Name,
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource:    adsSource(),
+			RouteConfigName: l.Name,
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{b.extProcFilter(e, proxyless), b.routerFilter()},
+	}
+}
+
+func (b *builder) envoyListener(l config.XDSListener, e config.XDSExtProc) *listenerv3.Listener {
+	host, port := config.HostPort(l.Address)
+	return &listenerv3.Listener{
+		Name: l.Name,
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Protocol:      corev3.SocketAddress_TCP,
+			Address:       host,
+			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+		}}},
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name:       hcmFilter,
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(b.connectionManager(l, e, false))},
+		}}}},
+	}
+}
+
+// apiListener is the same listener in the form proxyless gRPC clients
+// take: no socket, the HCM as api_listener, the same RDS route config.
+func (b *builder) apiListener(l config.XDSListener, e config.XDSExtProc) *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:        l.Name,
+		ApiListener: &listenerv3.ApiListener{ApiListener: b.any(b.connectionManager(l, e, true))},
+	}
+}
+
+func (b *builder) routeConfig(l config.XDSListener, policies map[string]policy.Policy) (*routev3.RouteConfiguration, []string) {
+	rc := &routev3.RouteConfiguration{Name: l.Name}
+	seen := map[string]bool{}
+	var used []string
+	use := func(c string) {
+		if !seen[c] {
+			seen[c] = true
+			used = append(used, c)
+		}
+	}
+	for _, vh := range l.VirtualHosts {
+		v := &routev3.VirtualHost{Name: vh.Name, Domains: vh.Domains}
+		for _, r := range vh.Routes {
+			p, ok := policies[r.Policy]
+			if !ok {
+				p, ok = policies["default"]
+			}
+			if !ok {
+				p = policy.Default()
+			}
+			p.Route = r.Name
+			route := &routev3.Route{
+				Name:   r.Name,
+				Match:  routeMatch(r.Match),
+				Action: &routev3.Route_Route{Route: routeAction(r)},
+				TypedPerFilterConfig: map[string]*anypb.Any{
+					ExtProcFilter: b.any(&routev3.FilterConfig{
+						Config: b.any(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Overrides{
+							Overrides: &extprocv3.ExtProcOverrides{GrpcInitialMetadata: []*corev3.HeaderValue{
+								{Key: policy.MetadataKey, Value: p.Encode()},
+							}},
+						}}),
+						// As for the filter: a proxyless client without
+						// ext_proc ignores the policy instead of NACKing.
+						IsOptional: true,
+					}),
+				},
+			}
+			if r.Pool != "" {
+				use(r.Pool)
+			}
+			for _, d := range r.Destinations {
+				use(d.Pool)
+			}
+			v.Routes = append(v.Routes, route)
+		}
+		rc.VirtualHosts = append(rc.VirtualHosts, v)
+	}
+	return rc, used
+}
+
+func stringMatcher(exact, prefix, regex string) *matcherv3.StringMatcher {
+	switch {
+	case exact != "":
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: exact}}
+	case prefix != "":
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: prefix}}
+	default:
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: regex}}}
+	}
+}
+
+func routeMatch(m config.XDSRouteMatch) *routev3.RouteMatch {
+	rm := &routev3.RouteMatch{}
+	switch {
+	case m.Path != "":
+		rm.PathSpecifier = &routev3.RouteMatch_Path{Path: m.Path}
+	case m.Regex != "":
+		rm.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: m.Regex}}
+	default:
+		rm.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: m.Prefix}
+	}
+	for _, h := range m.Headers {
+		hm := &routev3.HeaderMatcher{Name: h.Name, InvertMatch: h.Invert}
+		if h.Present {
+			hm.HeaderMatchSpecifier = &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}
+		} else {
+			hm.HeaderMatchSpecifier = &routev3.HeaderMatcher_StringMatch{StringMatch: stringMatcher(h.Exact, h.Prefix, h.Regex)}
+		}
+		rm.Headers = append(rm.Headers, hm)
+	}
+	if m.Model != "" {
+		rm.Headers = append(rm.Headers, &routev3.HeaderMatcher{
+			Name:                 policy.ModelHeader,
+			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: stringMatcher(m.Model, "", "")},
+		})
+	}
+	return rm
+}
+
+func routeAction(r config.XDSRoute) *routev3.RouteAction {
+	a := &routev3.RouteAction{Timeout: durationpb.New(r.Timeout)}
+	if r.Pool != "" {
+		a.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: r.Pool}
+	} else {
+		wc := &routev3.WeightedCluster{}
+		for _, d := range r.Destinations {
+			wc.Clusters = append(wc.Clusters, &routev3.WeightedCluster_ClusterWeight{Name: d.Pool, Weight: wrapperspb.UInt32(d.Weight)})
+		}
+		a.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: wc}
+	}
+	if rt := r.Retry; !rt.Disabled {
+		p := &routev3.RetryPolicy{
+			RetryOn:              strings.Join(rt.On, ","),
+			NumRetries:           wrapperspb.UInt32(rt.Attempts),
+			RetriableStatusCodes: rt.StatusCodes,
+			RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
+				BaseInterval: durationpb.New(25 * time.Millisecond),
+				MaxInterval:  durationpb.New(250 * time.Millisecond),
+			},
+		}
+		if rt.PerTryTimeout > 0 {
+			p.PerTryTimeout = durationpb.New(rt.PerTryTimeout)
+		}
+		a.RetryPolicy = p
+	}
+	return a
+}
+
+var lbPolicies = map[string]clusterv3.Cluster_LbPolicy{
+	"least_request": clusterv3.Cluster_LEAST_REQUEST,
+	"round_robin":   clusterv3.Cluster_ROUND_ROBIN,
+	"random":        clusterv3.Cluster_RANDOM,
+}
+
+func poolCluster(p config.XDSPool) *clusterv3.Cluster {
+	h, o, cb := p.HealthCheck, p.Outlier, p.CircuitBreakers
+	return &clusterv3.Cluster{
+		Name:                 p.Name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
+		ConnectTimeout:       durationpb.New(p.ConnectTimeout),
+		LbPolicy:             lbPolicies[p.LB],
+		HealthChecks: []*corev3.HealthCheck{{
+			Timeout:            durationpb.New(h.Timeout),
+			Interval:           durationpb.New(h.Interval),
+			UnhealthyThreshold: wrapperspb.UInt32(h.UnhealthyThreshold),
+			HealthyThreshold:   wrapperspb.UInt32(h.HealthyThreshold),
+			HealthChecker: &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{
+				Path: h.Path,
+			}},
+		}},
+		OutlierDetection: &clusterv3.OutlierDetection{
+			Consecutive_5Xx:    wrapperspb.UInt32(o.Consecutive5xx),
+			Interval:           durationpb.New(o.Interval),
+			BaseEjectionTime:   durationpb.New(o.BaseEjectionTime),
+			MaxEjectionPercent: wrapperspb.UInt32(o.MaxEjectionPercent),
+		},
+		CircuitBreakers: &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+			Priority:           corev3.RoutingPriority_DEFAULT,
+			MaxConnections:     wrapperspb.UInt32(cb.MaxConnections),
+			MaxPendingRequests: wrapperspb.UInt32(cb.MaxPendingRequests),
+			MaxRequests:        wrapperspb.UInt32(cb.MaxRequests),
+			RetryBudget: &clusterv3.CircuitBreakers_Thresholds_RetryBudget{
+				BudgetPercent:       &typev3.Percent{Value: cb.RetryBudgetPercent},
+				MinRetryConcurrency: wrapperspb.UInt32(cb.MinRetryConcurrency),
+			},
+		}}},
+	}
+}
+
+func socketAddress(addr string) *corev3.Address {
+	host, port := config.HostPort(addr)
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Protocol:      corev3.SocketAddress_TCP,
+		Address:       host,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+func loadAssignment(cluster string, addrs []string) *endpointv3.ClusterLoadAssignment {
+	la := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
+	if len(addrs) == 0 {
+		return la
+	}
+	// One locality with weight 1: gRPC skips localities without a weight.
+	loc := &endpointv3.LocalityLbEndpoints{Locality: &corev3.Locality{}, LoadBalancingWeight: wrapperspb.UInt32(1)}
+	for _, a := range addrs {
+		loc.LbEndpoints = append(loc.LbEndpoints, &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: socketAddress(a)}},
+		})
+	}
+	la.Endpoints = []*endpointv3.LocalityLbEndpoints{loc}
+	return la
+}
+
+// extProcCluster reaches the ext_proc server over HTTP/2: STATIC for an IP
+// address, STRICT_DNS for a host name.
+func (b *builder) extProcCluster(addr string, connect time.Duration) (*clusterv3.Cluster, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("extproc.listen: %q is not host:port", addr)
+	}
+	typ := clusterv3.Cluster_STATIC
+	if net.ParseIP(host) == nil {
+		typ = clusterv3.Cluster_STRICT_DNS
+	}
+	return &clusterv3.Cluster{
+		Name:                 ExtProcCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: typ},
+		ConnectTimeout:       durationpb.New(connect),
+		LoadAssignment:       loadAssignment(ExtProcCluster, []string{addr}),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{
+			httpProtocolOptionsName: b.any(&upstreamhttpv3.HttpProtocolOptions{
+				UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+					ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+						ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+							Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+						},
+					},
+				},
+			}),
+		},
+	}, nil
+}

@@ -1,0 +1,281 @@
+// Package xds is infergate's control plane: it turns the declarative
+// routing model of infergate.yaml (listeners, routes with matches on path,
+// headers and model, weighted destinations, per-route policy, engine
+// pools) into Envoy resources, validates every change in full before
+// serving it, and serves per-node snapshots over ADS (state of the world
+// and delta) while tracking what each node ACKed or NACKed. Changes come
+// from the watched config file and from the admin HTTP API; engines can
+// register themselves into pools with a heartbeat.
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+
+	"github.com/infergate/infergate/config"
+	"github.com/infergate/infergate/internal/ops"
+)
+
+// Revision is one accepted version of the routing model.
+type Revision struct {
+	Version int       `json:"version"`
+	Source  string    `json:"source"`
+	At      time.Time `json:"at"`
+	// Note says what changed ("PUT route chat", "rollback to 3", ...).
+	Note    string     `json:"note,omitempty"`
+	routing config.XDS // the routing part of the model
+}
+
+// Rejection is the last refused change.
+type Rejection struct {
+	Source string    `json:"source"`
+	At     time.Time `json:"at"`
+	Error  string    `json:"error"`
+}
+
+// Server is the control plane, an ops.Service.
+type Server struct {
+	log        *slog.Logger
+	cfg        config.Config
+	configPath string
+	reg        *prometheus.Registry
+	m          *metrics
+	tracker    *tracker
+	pub        *publisher
+	cache      *nackGuard
+	endpoints  *registry
+
+	// mu serialises changes: build, validate, publish, record.
+	mu            sync.Mutex
+	model         model
+	res           *resources
+	version       int
+	history       []Revision
+	lastRejection *Rejection
+
+	grpcLn, adminLn net.Listener
+	grpc            *grpc.Server
+	ctx             context.Context
+	cancel          context.CancelFunc
+}
+
+// New builds and validates the first snapshot from cfg; configPath (may be
+// empty) is the file to watch for changes.
+func New(cfg config.Config, configPath string, log *slog.Logger) (*Server, error) {
+	return newServer(cfg, configPath, log, ops.NewRegistry())
+}
+
+func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prometheus.Registry) (*Server, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "xds")
+	m := newMetrics(reg)
+	t := newTracker(m)
+	snapshots := cachev3.NewSnapshotCache(false, nodeKeyHash{}, cacheLogger{log})
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		log: log, cfg: cfg, configPath: configPath, reg: reg, m: m, tracker: t,
+		pub:       newPublisher(snapshots),
+		cache:     &nackGuard{SnapshotCache: snapshots, tracker: t},
+		endpoints: newRegistry(),
+		ctx:       ctx, cancel: cancel,
+	}
+	t.firstSeen = s.pub.addNode
+	t.gone = s.pub.removeNode
+	if _, err := s.apply(modelOf(cfg), "startup", "initial config"); err != nil {
+		cancel()
+		return nil, fmt.Errorf("xds: %w", err)
+	}
+	return s, nil
+}
+
+func modelOf(cfg config.Config) model {
+	return model{routing: cfg.XDS, extProcAddr: cfg.ExtProc.Listen, engineAddr: cfg.Engine.Listen}
+}
+
+// Name implements ops.Service.
+func (s *Server) Name() string { return "xds" }
+
+// Registry is the Prometheus registry of the control plane's metrics.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Listen binds the ADS and admin addresses.
+func (s *Server) Listen() error {
+	var err error
+	if s.grpcLn, err = ops.Listen("xds ADS", s.cfg.XDS.Listen); err != nil {
+		return err
+	}
+	if s.adminLn, err = ops.Listen("xds admin", s.cfg.XDS.Admin); err != nil {
+		s.grpcLn.Close()
+		return err
+	}
+	return nil
+}
+
+// ADSAddr and AdminAddr are the bound addresses (after Listen).
+func (s *Server) ADSAddr() string   { return s.grpcLn.Addr().String() }
+func (s *Server) AdminAddr() string { return s.adminLn.Addr().String() }
+
+// Serve serves ADS and the admin API, watches the config file and expires
+// silent engines until ctx is done.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.grpcLn == nil {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	defer s.cancel()
+	xdsServer := serverv3.NewServer(s.ctx, s.cache, s.tracker)
+	s.grpc = grpc.NewServer()
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.grpc, xdsServer)
+
+	mux := http.NewServeMux()
+	ops.HandleProbes(mux, s.reg, func() error { return nil })
+	s.routes(mux)
+	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	errc := make(chan error, 2)
+	go func() { errc <- s.grpc.Serve(s.grpcLn) }()
+	go func() { errc <- ops.ServeHTTP(ctx, admin, s.adminLn) }()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.watch(ctx) }()
+	go func() { defer wg.Done(); s.expireLoop(ctx) }()
+	s.log.Info("serving", "ads", s.ADSAddr(), "admin", s.AdminAddr(), "version", s.currentVersion())
+
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+	}
+	stop()
+	// ADS streams never end on their own: stop them, then let the admin
+	// server drain (ops.ServeHTTP) and the loops return.
+	s.cancel()
+	s.grpc.Stop()
+	for range 2 {
+		if e := <-errc; e != nil && !errors.Is(e, grpc.ErrServerStopped) && err == nil {
+			err = e
+		}
+	}
+	wg.Wait()
+	return err
+}
+
+func (s *Server) currentVersion() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.version
+}
+
+// apply builds, validates and publishes m as a new version. Nothing is
+// changed when any check fails.
+func (s *Server) apply(m model, source, note string) (int, error) {
+	return s.applyDescribed(m, source, note, func(err error) error { return err })
+}
+
+// applyDescribed is apply with describe rewording a refusal (adding file
+// lines, say) before it is recorded.
+func (s *Server) applyDescribed(m model, source, note string, describe func(error) error) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	start := time.Now()
+	m.routing.SetRoutingDefaults()
+	err := m.routing.ValidateRouting()
+	var res *resources
+	if err == nil {
+		res, err = build(m, s.endpoints.addresses())
+	}
+	if err == nil {
+		err = check(res)
+	}
+	if err != nil {
+		return 0, s.rejectLocked(source, describe(err))
+	}
+	s.pub.publish(res)
+	s.model, s.res = m, res
+	s.version++
+	s.history = append(s.history, Revision{Version: s.version, Source: source, At: time.Now(), Note: note, routing: m.routing})
+	if max := s.cfg.XDS.History; len(s.history) > max {
+		s.history = append([]Revision(nil), s.history[len(s.history)-max:]...)
+	}
+	s.m.buildSeconds.Observe(time.Since(start).Seconds())
+	s.m.configVersion.Set(float64(s.version))
+	s.log.Info("config accepted", "version", s.version, "source", source, "note", note, "build", time.Since(start))
+	return s.version, nil
+}
+
+func (s *Server) rejectLocked(source string, err error) error {
+	s.m.rejections.WithLabelValues(source).Inc()
+	s.lastRejection = &Rejection{Source: source, At: time.Now(), Error: err.Error()}
+	s.log.Warn("config refused; the last good config keeps serving", "source", source, "version", s.version, "error", err)
+	return err
+}
+
+// endpointsChanged republishes the current model with the registry's
+// endpoints. The routing model (and its version) stays the same.
+func (s *Server) endpointsChanged() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	start := time.Now()
+	res, err := build(s.model, s.endpoints.addresses())
+	if err == nil {
+		err = check(res)
+	}
+	if err != nil {
+		// Registered endpoints are checked on the way in, so the model
+		// that was valid a moment ago cannot fail here; keep serving it.
+		s.log.Error("endpoint change not published", "error", err)
+		return
+	}
+	s.pub.publish(res)
+	s.res = res
+	s.m.buildSeconds.Observe(time.Since(start).Seconds())
+}
+
+// expireLoop drops registered engines whose heartbeat stopped.
+func (s *Server) expireLoop(ctx context.Context) {
+	tick := time.NewTicker(max(s.cfg.XDS.HeartbeatTTL/4, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			if gone := s.endpoints.expire(now); len(gone) > 0 {
+				for _, g := range gone {
+					s.log.Info("engine left EDS: heartbeat stopped", "pool", g.Pool, "address", g.Address)
+				}
+				s.endpointsChanged()
+			}
+		}
+	}
+}
+
+// Nodes returns the status of every connected node, keyed by
+// "envoy/<id>" or "grpc/<id>".
+func (s *Server) Nodes() map[string]NodeStatus { return s.tracker.snapshot() }
+
+// cacheLogger routes go-control-plane's logs to slog at debug level; its
+// info lines are per-request chatter.
+type cacheLogger struct{ log *slog.Logger }
+
+func (l cacheLogger) Debugf(format string, args ...any) { l.log.Debug(fmt.Sprintf(format, args...)) }
+func (l cacheLogger) Infof(format string, args ...any)  { l.log.Debug(fmt.Sprintf(format, args...)) }
+func (l cacheLogger) Warnf(format string, args ...any)  { l.log.Warn(fmt.Sprintf(format, args...)) }
+func (l cacheLogger) Errorf(format string, args ...any) { l.log.Error(fmt.Sprintf(format, args...)) }

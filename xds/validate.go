@@ -1,0 +1,202 @@
+package xds
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/infergate/infergate/envoy/validate"
+	"github.com/infergate/infergate/policy"
+)
+
+// check validates every resource of a build before any of it is served:
+// the generated validation rules of each message (recursing into every
+// Any), then what those rules cannot see — references between resources,
+// regular expressions, the filter chain's shape and the ext_proc modes.
+// Each problem names its resource.
+func check(r *resources) error {
+	var errs []error
+	add := func(kind, name string, err error) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", kind, name, err))
+		}
+	}
+	for _, name := range sortedKeys(r.clusters) {
+		add("cluster", name, validate.Message(r.clusters[name]))
+	}
+	for _, name := range sortedKeys(r.endpoints) {
+		add("endpoints", name, validate.Message(r.endpoints[name]))
+	}
+	for _, name := range r.order {
+		add("listener", name, validate.Message(r.envoyListeners[name]))
+		add("listener", name, checkListener(r.envoyListeners[name].GetFilterChains()[0].GetFilters()[0].GetTypedConfig(), r))
+		add("api listener", name, validate.Message(r.apiListeners[name]))
+		add("api listener", name, checkListener(r.apiListeners[name].GetApiListener().GetApiListener(), r))
+		add("route config", name, validate.Message(r.routes[name]))
+		add("route config", name, checkRoutes(r.routes[name], r))
+	}
+	return errors.Join(errs...)
+}
+
+// checkListener checks the HCM: RDS names a route config of this build,
+// the router is the last filter, and the ext_proc filter is coherent.
+func checkListener(a *anypb.Any, r *resources) error {
+	hcm := &hcmv3.HttpConnectionManager{}
+	if err := a.UnmarshalTo(hcm); err != nil {
+		return fmt.Errorf("network filter is not an HttpConnectionManager: %w", err)
+	}
+	var errs []error
+	if name := hcm.GetRds().GetRouteConfigName(); r.routes[name] == nil {
+		errs = append(errs, fmt.Errorf("RDS names route config %q, which is not served", name))
+	}
+	filters := hcm.GetHttpFilters()
+	if len(filters) == 0 || !filters[len(filters)-1].GetTypedConfig().MessageIs(&routerv3.Router{}) {
+		errs = append(errs, errors.New("the last HTTP filter must be the router"))
+	}
+	for i, f := range filters {
+		msg, err := f.GetTypedConfig().UnmarshalNew()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("http_filters[%d] %q: typed_config %q does not resolve: %w", i, f.GetName(), f.GetTypedConfig().GetTypeUrl(), err))
+			continue
+		}
+		if _, ok := msg.(*routerv3.Router); ok && i != len(filters)-1 {
+			errs = append(errs, fmt.Errorf("http_filters[%d]: the router must be the last filter", i))
+		}
+		if ep, ok := msg.(*extprocv3.ExternalProcessor); ok {
+			if err := checkExtProc(ep, r); err != nil {
+				errs = append(errs, fmt.Errorf("http_filters[%d] %q: %w", i, f.GetName(), err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkExtProc applies Envoy's own consistency rules for ext_proc (see
+// shared/envoy-extproc-behaviour.md) and checks that its cluster exists.
+func checkExtProc(ep *extprocv3.ExternalProcessor, r *resources) error {
+	var errs []error
+	if c := ep.GetGrpcService().GetEnvoyGrpc().GetClusterName(); r.clusters[c] == nil {
+		errs = append(errs, fmt.Errorf("grpc_service names cluster %q, which is not served", c))
+	}
+	m := ep.GetProcessingMode()
+	full := extprocv3.ProcessingMode_FULL_DUPLEX_STREAMED
+	if m.GetRequestBodyMode() == full && m.GetRequestTrailerMode() != extprocv3.ProcessingMode_SEND {
+		errs = append(errs, errors.New("request body FULL_DUPLEX_STREAMED needs request trailer mode SEND"))
+	}
+	if m.GetResponseBodyMode() == full && m.GetResponseTrailerMode() != extprocv3.ProcessingMode_SEND {
+		errs = append(errs, errors.New("response body FULL_DUPLEX_STREAMED needs response trailer mode SEND"))
+	}
+	if (m.GetRequestBodyMode() == full || m.GetResponseBodyMode() == full) && ep.GetAllowModeOverride() {
+		errs = append(errs, errors.New("allow_mode_override cannot be used with FULL_DUPLEX_STREAMED"))
+	}
+	if m.GetRequestHeaderMode() == extprocv3.ProcessingMode_SKIP && m.GetRequestBodyMode() == extprocv3.ProcessingMode_NONE &&
+		m.GetResponseHeaderMode() == extprocv3.ProcessingMode_SKIP && m.GetResponseBodyMode() == extprocv3.ProcessingMode_NONE {
+		errs = append(errs, errors.New("processing_mode sends nothing to the server"))
+	}
+	if t, max := ep.GetMessageTimeout(), ep.GetMaxMessageTimeout(); t == nil || t.AsDuration() <= 0 {
+		errs = append(errs, errors.New("message_timeout must be set and positive"))
+	} else if max != nil && t.AsDuration() > max.AsDuration() {
+		errs = append(errs, fmt.Errorf("message_timeout %s is over max_message_timeout %s", t.AsDuration(), max.AsDuration()))
+	}
+	return errors.Join(errs...)
+}
+
+// checkRoutes checks every route's clusters exist, its regular
+// expressions compile (RE2, which Go's regexp implements) and its policy
+// decodes as the ext_proc server will decode it.
+func checkRoutes(rc *routev3.RouteConfiguration, r *resources) error {
+	var errs []error
+	for _, vh := range rc.GetVirtualHosts() {
+		for _, rt := range vh.GetRoutes() {
+			where := fmt.Sprintf("virtual host %q route %q", vh.GetName(), rt.GetName())
+			fail := func(format string, args ...any) {
+				errs = append(errs, fmt.Errorf("%s: %s", where, fmt.Sprintf(format, args...)))
+			}
+			act := rt.GetRoute()
+			clusters := []string{act.GetCluster()}
+			if wc := act.GetWeightedClusters(); wc != nil {
+				clusters = clusters[:0]
+				for _, c := range wc.GetClusters() {
+					clusters = append(clusters, c.GetName())
+				}
+			}
+			for _, c := range clusters {
+				if r.clusters[c] == nil {
+					fail("cluster %q is not served", c)
+				}
+			}
+			if re := rt.GetMatch().GetSafeRegex(); re != nil {
+				if _, err := regexp.Compile(re.GetRegex()); err != nil {
+					fail("path regex: %v", err)
+				}
+			}
+			for _, h := range rt.GetMatch().GetHeaders() {
+				if re, ok := h.GetStringMatch().GetMatchPattern().(*matcherv3.StringMatcher_SafeRegex); ok {
+					if _, err := regexp.Compile(re.SafeRegex.GetRegex()); err != nil {
+						fail("header %q regex: %v", h.GetName(), err)
+					}
+				}
+			}
+			if err := checkRoutePolicy(rt); err != nil {
+				fail("%v", err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkRoutePolicy(rt *routev3.Route) error {
+	a, ok := rt.GetTypedPerFilterConfig()[ExtProcFilter]
+	if !ok {
+		return nil
+	}
+	fc := &routev3.FilterConfig{}
+	if err := a.UnmarshalTo(fc); err != nil {
+		return fmt.Errorf("typed_per_filter_config %q: %w", ExtProcFilter, err)
+	}
+	per := &extprocv3.ExtProcPerRoute{}
+	if err := fc.GetConfig().UnmarshalTo(per); err != nil {
+		return fmt.Errorf("typed_per_filter_config %q: %w", ExtProcFilter, err)
+	}
+	for _, h := range per.GetOverrides().GetGrpcInitialMetadata() {
+		if h.GetKey() == policy.MetadataKey {
+			if _, err := policy.Decode(h.GetValue()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// messages lists every resource of a build, for rendering and tests.
+func (r *resources) messages() []proto.Message {
+	var out []proto.Message
+	for _, name := range r.order {
+		out = append(out, r.envoyListeners[name], r.apiListeners[name], r.routes[name])
+	}
+	for _, name := range sortedKeys(r.clusters) {
+		out = append(out, r.clusters[name])
+	}
+	for _, name := range sortedKeys(r.endpoints) {
+		out = append(out, r.endpoints[name])
+	}
+	return out
+}
