@@ -30,6 +30,7 @@ if [[ -z ${OUT:-} ]]; then
     echo "gpu-check: set OUT to the folder for results" >&2; exit 2; fi
 fi
 mkdir -p "$OUT/logs" || exit 2
+OUT=$(cd "$OUT" && pwd)  # engine configs written below name files in it
 BIN=${BIN:-bin/infergate}
 MODEL_DIR=${MODEL_DIR:-models/use-lite}
 PORT=${PORT:-18080}
@@ -268,12 +269,15 @@ stop_engine() {
   ENGINE_PID=""
 }
 
-# sample_gpu_metrics FILE: the NVML gauges, every 2 s, while a bench runs.
+# start_sampler FILE: the engine's NVML gauges every 2 s while a bench
+# runs, next to nvidia-smi's reading of the same counters.
 start_sampler() {
   [[ $DRY_RUN == 1 ]] && return 0
   (while :; do
     echo "# t=$(($(date +%s) - START))s"
     fetch "$URL/metrics" 2>&1 | grep '^infergate_gpu_'
+    command -v nvidia-smi >/dev/null && nvidia-smi --format=csv,noheader \
+      --query-gpu=index,utilization.gpu,memory.used,power.draw,temperature.gpu,clocks.sm | sed 's/^/# nvidia-smi: /'
     sleep 2
   done) >"$1" 2>&1 &
   SAMPLER_PID=$!

@@ -138,6 +138,10 @@ def main():
                     peak[metric] = v
         lines += ["## NVML gauges on /metrics under load (peak of 2 s samples)", ""]
         lines += [f"- `{k}` {v:g}" for k, v in sorted(peak.items())] or ["_(none seen)_"]
+        smi = [ln.split(": ", 1)[1].strip() for ln in open(samples) if ln.startswith("# nvidia-smi: ")]
+        if smi:
+            lines += ["", "nvidia-smi at the same moments (index, util, memory used, power, temp, SM clock), last:",
+                      "", f"    {smi[-1]}"]
         lines.append("")
 
     for name, title in (("bench-dynamic.csv", "Raw: dynamic"), ("bench-unbatched.csv", "Raw: unbatched"),
