@@ -124,7 +124,10 @@ type filter struct {
 	recvDone chan struct{}
 	sentAny  bool
 	timeout  time.Duration
-	deadline time.Time
+	// deadline is when the message timer fires; timerArmed is false
+	// between an answer and the next send.
+	deadline   time.Time
+	timerArmed bool
 
 	isGRPC       bool
 	route        string
@@ -441,67 +444,154 @@ func (f *filter) partialBody(d *direction, in *message, hdrs *headerMap, out emi
 	return nil
 }
 
-// streamedBody is STREAMED mode: each chunk as it arrives, one answer per
-// chunk, the processed chunk passed on before the next is read.
+// chunkItem is one read from a streamed body.
+type chunkItem struct {
+	data []byte
+	end  bool
+	err  error
+}
+
+// streamedBody is STREAMED mode. As in Envoy, each chunk is sent as soon as
+// it is read, without waiting for the answers to earlier chunks; answers
+// come back one per chunk, in order, and each processed chunk is passed on
+// when its answer arrives. The message timer restarts on every send and
+// stops on every answer.
 func (f *filter) streamedBody(d *direction, in *message, out emitter, readTrailers func(), trailers **headerMap) error {
-	remaining := in.length
-	buf := make([]byte, chunkSize)
-	for {
-		n, rerr := in.body.Read(buf)
-		if rerr != nil && rerr != io.EOF {
-			return rerr
+	items := make(chan chunkItem)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		remaining := in.length
+		for {
+			buf := make([]byte, chunkSize)
+			n, err := in.body.Read(buf)
+			if remaining >= 0 {
+				remaining -= int64(n)
+			}
+			it := chunkItem{data: buf[:n], end: err == io.EOF || remaining == 0}
+			if err != nil && err != io.EOF {
+				it = chunkItem{err: err}
+			}
+			if it.end {
+				readTrailers()
+			}
+			if n == 0 && !it.end && it.err == nil {
+				continue
+			}
+			select {
+			case items <- it:
+			case <-stop:
+				return
+			}
+			if it.end || it.err != nil {
+				return
+			}
 		}
-		if remaining >= 0 {
-			remaining -= int64(n)
+	}()
+
+	emit := func(p []byte) error {
+		if len(p) == 0 {
+			return nil
 		}
-		end := rerr == io.EOF || remaining == 0
-		if end {
-			readTrailers()
-		}
-		if n == 0 && !end {
-			continue
-		}
-		// The last chunk carries end_of_stream unless trailers follow;
-		// a body of unknown length ends with an empty end_of_stream chunk,
-		// as a chunked HTTP/1 body does in Envoy.
-		eos := end && *trailers == nil
-		chunk := append([]byte(nil), buf[:n]...)
-		if n > 0 || eos {
-			processed, err := f.streamChunk(d, chunk, eos)
-			if err != nil {
+		return out.data(p)
+	}
+	var queue [][]byte
+	flush := func() error {
+		for _, p := range queue {
+			if err := emit(p); err != nil {
 				return err
 			}
-			if len(processed) > 0 {
-				if err := out.data(processed); err != nil {
+		}
+		queue = nil
+		return nil
+	}
+	readerDone := false
+	for !readerDone || len(queue) > 0 {
+		var itemCh <-chan chunkItem
+		if !readerDone {
+			itemCh = items
+		}
+		var recvCh <-chan recvResult
+		var timerC <-chan time.Time
+		var timer *time.Timer
+		if len(queue) > 0 {
+			recvCh = f.recv
+			if f.timerArmed {
+				timer = time.NewTimer(time.Until(f.deadline))
+				timerC = timer.C
+			}
+		}
+		select {
+		case <-f.ctx.Done():
+			f.complete = true
+			f.closeStream(true)
+			return f.ctx.Err()
+		case it := <-itemCh:
+			if it.err != nil {
+				return it.err
+			}
+			readerDone = it.end
+			// A body of unknown length ends with an empty end_of_stream
+			// chunk, as a chunked HTTP/1 body does in Envoy; with trailers
+			// to follow no chunk carries end_of_stream.
+			eos := it.end && *trailers == nil
+			if len(it.data) == 0 && !eos {
+				break
+			}
+			sent := false
+			if !f.complete {
+				var err error
+				if sent, err = f.send(d, bodyRequest(d, it.data, eos)); err != nil {
 					return err
 				}
 			}
+			if !sent || f.observe {
+				if err := flush(); err != nil {
+					return err
+				}
+				if err := emit(it.data); err != nil {
+					return err
+				}
+				break
+			}
+			queue = append(queue, it.data)
+		case r := <-recvCh:
+			resp, done, err := f.receive(r, d, kindBody)
+			if err != nil {
+				return err
+			}
+			if !done {
+				break
+			}
+			if resp == nil {
+				if err := flush(); err != nil {
+					return err
+				}
+				break
+			}
+			chunk := queue[0]
+			queue = queue[1:]
+			cr := bodyCommon(d, resp)
+			if bm := cr.GetBodyMutation(); bm != nil {
+				chunk = mutateBody(bm, chunk)
+			}
+			f.routeCache(d, cr, false)
+			if err := emit(chunk); err != nil {
+				return err
+			}
+		case <-timerC:
+			if err := f.messageTimedOut(); err != nil {
+				return err
+			}
+			if err := flush(); err != nil {
+				return err
+			}
 		}
-		if end {
-			break
+		if timer != nil {
+			timer.Stop()
 		}
 	}
 	return nil
-}
-
-func (f *filter) streamChunk(d *direction, chunk []byte, eos bool) ([]byte, error) {
-	if f.complete {
-		return chunk, nil
-	}
-	sent, err := f.send(d, bodyRequest(d, chunk, eos))
-	if err != nil || !sent {
-		return chunk, err
-	}
-	resp, err := f.await(d, kindBody)
-	if err != nil || resp == nil {
-		return chunk, err
-	}
-	cr := bodyCommon(d, resp)
-	if bm := cr.GetBodyMutation(); bm != nil {
-		chunk = mutateBody(bm, chunk)
-	}
-	f.routeCache(d, cr, false)
-	return chunk, nil
 }
 
 // overLimit is the filter manager's answer to a BUFFERED body over the
@@ -606,6 +696,7 @@ func (f *filter) send(d *direction, pr *extprocv3.ProcessingRequest) (sent bool,
 	}
 	f.res.Messages = append(f.res.Messages, Message{Sent: proto.Clone(pr).(*extprocv3.ProcessingRequest)})
 	f.deadline = time.Now().Add(f.timeout)
+	f.timerArmed = true
 	if err := f.stream.Send(pr); err != nil && err != io.EOF {
 		return false, f.grpcFailed(grpcErrorDetails(err))
 	}
@@ -688,39 +779,50 @@ func (f *filter) await(d *direction, want msgKind) (*extprocv3.ProcessingRespons
 		case r = <-f.recv:
 			timer.Stop()
 		}
-		if r.err == io.EOF {
-			// The server closed the stream with OK: the rest of the
-			// request passes unprocessed.
-			f.complete = true
-			f.closeStream(false)
-			return nil, nil
+		if resp, done, err := f.receive(r, d, want); done {
+			return resp, err
 		}
-		if r.err != nil {
-			return nil, f.grpcFailed(grpcErrorDetails(r.err))
-		}
-		resp := r.resp
-		f.res.Messages = append(f.res.Messages, Message{Received: resp})
-		if t := resp.GetOverrideMessageTimeout(); t != nil {
-			f.overrideTimeout(t)
-			continue
-		}
-		if want == kindHeaders && resp.GetModeOverride() != nil && f.modeOverrideAllowed(resp.GetModeOverride()) {
-			f.dec.setMode(resp.GetModeOverride())
-			f.enc.setMode(resp.GetModeOverride())
-		}
-		if ir := resp.GetImmediateResponse(); ir != nil {
-			if f.h.filter.GetDisableImmediateResponse() {
-				return nil, f.grpcFailed("ext_proc_error_spurious_message")
-			}
-			f.complete = true
-			f.closeStream(true)
-			return nil, immediateReply(ir)
-		}
-		if !answers(resp, d, want) {
-			return nil, f.grpcFailed("ext_proc_error_spurious_message")
-		}
-		return resp, nil
 	}
+}
+
+// receive is Envoy's onReceiveMessage for one result off the stream. done
+// is false when the message only moved the timer and the answer is still
+// to come; otherwise resp is the answer, or nil when processing is over
+// (the rest passes unprocessed) or err is a local reply.
+func (f *filter) receive(r recvResult, d *direction, want msgKind) (resp *extprocv3.ProcessingResponse, done bool, err error) {
+	f.timerArmed = false
+	if r.err == io.EOF {
+		// The server closed the stream with OK: the rest of the request
+		// passes unprocessed.
+		f.complete = true
+		f.closeStream(false)
+		return nil, true, nil
+	}
+	if r.err != nil {
+		return nil, true, f.grpcFailed(grpcErrorDetails(r.err))
+	}
+	resp = r.resp
+	f.res.Messages = append(f.res.Messages, Message{Received: resp})
+	if t := resp.GetOverrideMessageTimeout(); t != nil {
+		f.overrideTimeout(t)
+		return nil, false, nil
+	}
+	if want == kindHeaders && resp.GetModeOverride() != nil && f.modeOverrideAllowed(resp.GetModeOverride()) {
+		f.dec.setMode(resp.GetModeOverride())
+		f.enc.setMode(resp.GetModeOverride())
+	}
+	if ir := resp.GetImmediateResponse(); ir != nil {
+		if f.h.filter.GetDisableImmediateResponse() {
+			return nil, true, f.grpcFailed("ext_proc_error_spurious_message")
+		}
+		f.complete = true
+		f.closeStream(true)
+		return nil, true, immediateReply(ir)
+	}
+	if !answers(resp, d, want) {
+		return nil, true, f.grpcFailed("ext_proc_error_spurious_message")
+	}
+	return resp, true, nil
 }
 
 func answers(resp *extprocv3.ProcessingResponse, d *direction, want msgKind) bool {
@@ -742,7 +844,7 @@ func answers(resp *extprocv3.ProcessingResponse, d *direction, want msgKind) boo
 }
 
 // modeOverrideAllowed: only with allow_mode_override, never when body is
-// sent without waiting or in FULL_DUPLEX_STREAMED, and only modes in
+// sent without waiting, and only modes in
 // allowed_override_modes when that list is set (request_header_mode is not
 // compared).
 func (f *filter) modeOverrideAllowed(m *extprocfilterv3.ProcessingMode) bool {
@@ -750,8 +852,9 @@ func (f *filter) modeOverrideAllowed(m *extprocfilterv3.ProcessingMode) bool {
 	if !cfg.GetAllowModeOverride() || cfg.GetSendBodyWithoutWaitingForHeaderResponse() {
 		return false
 	}
-	if f.dec.bodyMode == extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED ||
-		f.enc.bodyMode == extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED {
+	if !supportedBodyModes(m) {
+		// FULL_DUPLEX_STREAMED and GRPC are refused in New; an override
+		// into them is ignored rather than run with the wrong behaviour.
 		return false
 	}
 	allowed := cfg.GetAllowedOverrideModes()
@@ -779,6 +882,7 @@ func (f *filter) overrideTimeout(t *durationpb.Duration) {
 		return
 	}
 	f.deadline = time.Now().Add(d)
+	f.timerArmed = true
 }
 
 func (f *filter) messageTimedOut() error {

@@ -171,6 +171,9 @@ func New(extprocAddr string, cfg Config) (*Harness, error) {
 	if filter.GetDisableClearRouteCache() && filter.GetRouteCacheAction() != extprocfilterv3.ExternalProcessor_DEFAULT {
 		return nil, errors.New("harness: disable_clear_route_cache and route_cache_action cannot both be set")
 	}
+	if err := supported(filter, cfg.PerRoute); err != nil {
+		return nil, err
+	}
 	if cfg.Route == nil && cfg.Upstream == "" {
 		return nil, errors.New("harness: either Upstream or Route must be set")
 	}
@@ -244,6 +247,29 @@ func (h *Harness) Handler() http.Handler {
 			panic(http.ErrAbortHandler)
 		}
 	})
+}
+
+// supported refuses the options whose Envoy behaviour the harness does not
+// reproduce, so a test cannot pass against behaviour Envoy would not have.
+func supported(filter *extprocfilterv3.ExternalProcessor, perRoute *extprocfilterv3.ExtProcPerRoute) error {
+	if filter.GetSendBodyWithoutWaitingForHeaderResponse() {
+		return errors.New("harness: send_body_without_waiting_for_header_response is not supported")
+	}
+	for _, m := range []*extprocfilterv3.ProcessingMode{filter.GetProcessingMode(), perRoute.GetOverrides().GetProcessingMode()} {
+		if !supportedBodyModes(m) {
+			return errors.New("harness: body modes FULL_DUPLEX_STREAMED and GRPC are not supported")
+		}
+	}
+	return nil
+}
+
+func supportedBodyModes(m *extprocfilterv3.ProcessingMode) bool {
+	for _, b := range []extprocfilterv3.ProcessingMode_BodySendMode{m.GetRequestBodyMode(), m.GetResponseBodyMode()} {
+		if b == extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED || b == extprocfilterv3.ProcessingMode_GRPC {
+			return false
+		}
+	}
+	return true
 }
 
 // modes resolves the processing mode Envoy starts the request with: the

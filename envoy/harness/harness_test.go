@@ -895,3 +895,154 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 		t.Error("config without Upstream or Route accepted")
 	}
 }
+
+func TestNewRefusesBehaviourTheHarnessDoesNotReproduce(t *testing.T) {
+	cases := map[string]*extprocfilterv3.ExternalProcessor{
+		"full duplex": {ProcessingMode: mode(send, send, extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED, none, send, skip)},
+		"grpc body":   {ProcessingMode: mode(send, send, none, extprocfilterv3.ProcessingMode_GRPC, skip, skip)},
+		"send body without waiting": {SendBodyWithoutWaitingForHeaderResponse: true,
+			ProcessingMode: mode(send, send, streamed, none, skip, skip)},
+	}
+	for name, f := range cases {
+		if _, err := harness.New("127.0.0.1:1", harness.Config{Upstream: "http://x", Filter: f}); err == nil {
+			t.Errorf("%s accepted", name)
+		}
+	}
+}
+
+func TestStreamedChunksAreSentWithoutWaitingForEarlierAnswers(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, part := range []string{"alpha ", "beta ", "gamma"} {
+			io.WriteString(w, part)
+			w.(http.Flusher).Flush()
+		}
+	}))
+	defer up.Close()
+	// The processor holds every body answer until it has seen the end of
+	// the body, which only works if chunks do not wait for answers.
+	srv := harnesstest.Start(t, func(s *harnesstest.Stream) error {
+		var held []*extprocv3.ProcessingRequest
+		for {
+			req, err := s.Recv()
+			if err != nil {
+				return nil
+			}
+			b := req.GetResponseBody()
+			if b == nil {
+				s.Send(harnesstest.Continue(req))
+				continue
+			}
+			held = append(held, req)
+			if !b.GetEndOfStream() {
+				continue
+			}
+			for _, h := range held {
+				s.Send(harnesstest.Reply(h, &extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{
+					Mutation: &extprocv3.BodyMutation_Body{Body: bytes.ToUpper(h.GetResponseBody().GetBody())}}}))
+			}
+			held = nil
+		}
+	})
+	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL,
+		Filter: &extprocfilterv3.ExternalProcessor{ProcessingMode: mode(skip, send, none, streamed, skip, skip)}})
+	res := do(t, h, "GET", "/", "", nil)
+	eq(t, "status", res.Status, 200)
+	eq(t, "body", string(res.Body), "ALPHA BETA GAMMA")
+}
+
+func TestTrailersAreSentAndMutated(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "X-Checksum")
+		io.WriteString(w, "payload")
+		w.Header().Set("X-Checksum", "c0ffee")
+	}))
+	defer up.Close()
+	srv := harnesstest.Start(t, harnesstest.Loop(func(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+		if tr := req.GetResponseTrailers(); tr != nil {
+			return harnesstest.Reply(req, &extprocv3.CommonResponse{HeaderMutation: setHeader("x-verified", "yes")})
+		}
+		return harnesstest.Continue(req)
+	}))
+	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL,
+		Filter: &extprocfilterv3.ExternalProcessor{ProcessingMode: mode(send, send, none, buffered, skip, send)}})
+	res := do(t, h, "GET", "/", "", nil)
+	eq(t, "messages", strings.Join(kinds(res), ","), "request_headers,response_headers,response_body,response_trailers")
+	body := res.Sent()[2].GetResponseBody()
+	eq(t, "body end_of_stream before trailers", body.GetEndOfStream(), false)
+	var sentTrailer string
+	for _, hv := range res.Sent()[3].GetResponseTrailers().GetTrailers().GetHeaders() {
+		if hv.GetKey() == "x-checksum" {
+			sentTrailer = string(hv.GetRawValue())
+		}
+	}
+	eq(t, "trailer sent", sentTrailer, "c0ffee")
+	eq(t, "trailer kept", res.Trailer.Get("X-Checksum"), "c0ffee")
+	eq(t, "trailer added", res.Trailer.Get("X-Verified"), "yes")
+}
+
+func TestErrorAfterResponseHeadersResetsTheStream(t *testing.T) {
+	up := staticUpstream(t, "some streamed answer")
+	srv := harnesstest.Start(t, harnesstest.Loop(func(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+		if req.GetResponseBody() != nil {
+			return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
+				ImmediateResponse: &extprocv3.ImmediateResponse{Status: &typev3.HttpStatus{Code: typev3.StatusCode_Forbidden}}}}
+		}
+		return harnesstest.Continue(req)
+	}))
+	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL,
+		Filter: &extprocfilterv3.ExternalProcessor{ProcessingMode: mode(send, send, none, streamed, skip, skip)}})
+	res := do(t, h, "GET", "/", "", nil)
+	eq(t, "status already sent", res.Status, 200)
+	eq(t, "reset", res.Reset, true)
+	eq(t, "body", string(res.Body), "")
+
+	front := httptest.NewServer(h.Handler())
+	defer front.Close()
+	resp, err := http.Get(front.URL)
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if err == nil {
+		t.Error("client read a complete response from a reset stream")
+	}
+}
+
+func TestStreamedRequestBodyIsProcessedChunkByChunk(t *testing.T) {
+	up, _ := echoUpstream(t)
+	srv := harnesstest.Start(t, harnesstest.Loop(func(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+		if b := req.GetRequestBody(); b != nil {
+			return harnesstest.Reply(req, &extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{
+				Mutation: &extprocv3.BodyMutation_Body{Body: append([]byte("["), append(b.GetBody(), ']')...)}}})
+		}
+		return harnesstest.Continue(req)
+	}))
+	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL,
+		Filter: &extprocfilterv3.ExternalProcessor{ProcessingMode: mode(send, skip, streamed, none, skip, skip)}})
+	res := do(t, h, "POST", "/", "abc", nil)
+	// A known content-length lets Envoy mark the last data chunk itself.
+	eq(t, "messages", strings.Join(kinds(res), ","), "request_headers,request_body")
+	eq(t, "end_of_stream", res.Sent()[1].GetRequestBody().GetEndOfStream(), true)
+	eq(t, "upstream body", string(res.Upstream.Body), "[abc]")
+}
+
+func TestPerRouteDisabledSkipsExtProc(t *testing.T) {
+	up, _ := echoUpstream(t)
+	srv := harnesstest.Start(t, harnesstest.ContinueAll())
+	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL,
+		PerRoute: &extprocfilterv3.ExtProcPerRoute{Override: &extprocfilterv3.ExtProcPerRoute_Disabled{Disabled: true}}})
+	res := do(t, h, "GET", "/", "", nil)
+	eq(t, "status", res.Status, 200)
+	eq(t, "messages", len(res.Messages), 0)
+	eq(t, "streams", srv.Streams(), 0)
+}
+
+func TestUpstreamUnreachableIs503ThroughResponsePhase(t *testing.T) {
+	srv := harnesstest.Start(t, harnesstest.ContinueAll())
+	h := newHarness(t, srv.Addr, harness.Config{Upstream: "http://127.0.0.1:1"})
+	res := do(t, h, "GET", "/", "", nil)
+	eq(t, "status", res.Status, 503)
+	eq(t, "messages", strings.Join(kinds(res), ","), "request_headers,response_headers")
+	st, _ := harnesstest.Header(res.Sent()[1], ":status")
+	eq(t, "processor saw", st, "503")
+}
