@@ -101,7 +101,9 @@ def main():
                       f"{100 * top / best:.0f} % of the ceiling (one text per request)."]
         lines.append("")
 
-    torch_rows = read_csv(p("torch", "torch_bench.csv"))
+    torch_all = read_csv(p("torch", "torch_bench.csv")) or []
+    torch_rows = [r for r in torch_all if r.get("precision", "fp32") == "fp32"]
+    tf32 = [r for r in torch_all if r.get("precision") == "tf32"]
     onnx_dyn = read_csv(p("bench-onnx-dynamic.csv"))
     onnx_ceil = read_csv(p("ceiling-onnx.csv"))
     if torch_rows or onnx_dyn or onnx_ceil:
@@ -114,6 +116,9 @@ def main():
                 t, o = st.get(b, (None, None)), so.get(b, (None, None))
                 lines.append(f"| {b} | {t[0]} | {t[1]} | {o[0]} | {o[1]} |")
             lines.append("")
+        for r in tf32:
+            lines += [f"PyTorch with TF32 matmuls at batch {r['batch_size']}: {r['items_per_s']} items/s, "
+                      f"p99 {r['p99_ms']} ms.", ""]
         if onnx_dyn:
             lines += ["infergate engine serving the ONNX export over HTTP:", "", table(onnx_dyn)]
         tj = p("torch", "torch_bench.json")

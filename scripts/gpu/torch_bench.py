@@ -143,38 +143,51 @@ def main():
 
     rows = []
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    for bs in [int(b) for b in args.batch_sizes.split(",") if b]:
-        ids = torch.randint(1000, args.vocab, (bs, args.seq_len), generator=gen).to(dev)
-        mask = torch.ones_like(ids)
-        types = torch.zeros_like(ids)
-        try:
-            with torch.no_grad():
-                for _ in range(3):
-                    model(input_ids=ids, attention_mask=mask, token_type_ids=types)
-                torch.cuda.synchronize()
-                lat = []
-                start = time.perf_counter()
-                while time.perf_counter() - start < args.window or len(lat) < 10:
-                    t0 = time.perf_counter()
-                    model(input_ids=ids, attention_mask=mask, token_type_ids=types)
-                    torch.cuda.synchronize()
-                    lat.append(time.perf_counter() - t0)
-                elapsed = time.perf_counter() - start
-        except Exception as e:  # an OOM at one size must not lose the others
-            report["errors"].append(f"batch {bs}: {e!r}")
-            continue
-        lat.sort()
-        rows.append({"batch_size": bs, "seq_len": args.seq_len, "batches": len(lat),
-                     "items_per_s": round(bs * len(lat) / elapsed, 1),
-                     "p50_ms": round(percentile(lat, 50) * 1e3, 3),
-                     "p99_ms": round(percentile(lat, 99) * 1e3, 3)})
-        print(f"torch batch={bs:4d} seq={args.seq_len} {rows[-1]['items_per_s']:10.1f} items/s "
-              f"p50={rows[-1]['p50_ms']:.2f}ms p99={rows[-1]['p99_ms']:.2f}ms", flush=True)
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    for bs in sizes:
+        measure(args, model, dev, gen, bs, "fp32", rows, report)
+    # XLA may run fp32 matmuls as TF32 on this GPU by default; PyTorch's
+    # TF32 figure at the largest batch shows how much that alone is worth.
+    torch.backends.cuda.matmul.allow_tf32 = True
+    measure(args, model, dev, gen, max(sizes), "tf32", rows, report)
+    torch.backends.cuda.matmul.allow_tf32 = False
 
     if not args.skip_export:
         export(args, model, tokenizer_cls, report)
     write(args.out, report, rows)
     return 0 if rows else 1
+
+
+def measure(args, model, dev, gen, bs, precision, rows, report):
+    """Times whole forward passes of bs sequences for args.window seconds."""
+    import torch
+    ids = torch.randint(1000, args.vocab, (bs, args.seq_len), generator=gen).to(dev)
+    mask = torch.ones_like(ids)
+    types = torch.zeros_like(ids)
+    try:
+        with torch.no_grad():
+            for _ in range(3):
+                model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            torch.cuda.synchronize()
+            lat = []
+            start = time.perf_counter()
+            while time.perf_counter() - start < args.window or len(lat) < 10:
+                t0 = time.perf_counter()
+                model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+                torch.cuda.synchronize()
+                lat.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - start
+    except Exception as e:  # an OOM at one size must not lose the others
+        report["errors"].append(f"batch {bs} {precision}: {e!r}")
+        return
+    lat.sort()
+    rows.append({"batch_size": bs, "seq_len": args.seq_len, "precision": precision, "batches": len(lat),
+                 "items_per_s": round(bs * len(lat) / elapsed, 1),
+                 "p50_ms": round(percentile(lat, 50) * 1e3, 3),
+                 "p99_ms": round(percentile(lat, 99) * 1e3, 3)})
+    r = rows[-1]
+    print(f"torch {precision} batch={bs:4d} seq={args.seq_len} {r['items_per_s']:10.1f} items/s "
+          f"p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms", flush=True)
 
 
 def export(args, model, tokenizer_cls, report):
@@ -207,20 +220,19 @@ def export(args, model, tokenizer_cls, report):
                   dynamic_axes={n: {0: "batch", 1: "seq"} for n in
                                 ["input_ids", "attention_mask", "token_type_ids", "last_hidden_state"]})
     # The TorchScript exporter needs no onnxscript; newer torch defaults to
-    # the dynamo exporter, so ask for the old one first and fall back.
-    attempts = [dict(dynamo=False), dict()]
+    # the dynamo exporter, so ask for the old one first and fall back. One
+    # file, weights inside: the engine takes a single .onnx path.
+    attempts = [dict(dynamo=False), dict(dynamo=True, external_data=False), dict()]
     for extra in attempts:
         try:
             with torch.no_grad():
                 torch.onnx.export(cpu_model, inputs, path, **kwargs, **extra)
-            report["onnx"] = {"path": path, "opset": 17, "exporter": "torchscript" if extra else "default",
-                              "bytes": os.path.getsize(path)}
+            report["onnx"] = {"path": path, "opset": 17, "exporter_args": extra, "bytes": os.path.getsize(path)}
             break
-        except TypeError as e:  # torch without the dynamo= keyword
+        except TypeError as e:  # a torch without these keywords
             report["errors"].append(f"onnx export {extra}: {e!r}")
         except Exception:
             report["errors"].append(f"onnx export {extra}: " + traceback.format_exc(limit=3))
-    model.to("cuda")
 
 
 def write(out, report, rows):
@@ -228,7 +240,7 @@ def write(out, report, rows):
     with open(os.path.join(out, "torch_bench.json"), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(out, "torch_bench.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["batch_size", "seq_len", "batches", "items_per_s", "p50_ms", "p99_ms"])
+        w = csv.DictWriter(f, fieldnames=["batch_size", "seq_len", "precision", "batches", "items_per_s", "p50_ms", "p99_ms"])
         w.writeheader()
         w.writerows(rows)
     for e in report["errors"]:
