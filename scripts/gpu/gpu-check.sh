@@ -311,6 +311,8 @@ discover_plugin || XLA_OK=1
 discover_cuda_libs || XLA_OK=1
 discover_cuda_data_dir || XLA_OK=1
 
+# PyTorch runs as installed; only the engine gets the paths found above.
+TORCH_LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
 export GOMLX_NO_AUTO_INSTALL=1
 # go-xla's CUDA check would otherwise try to point XLA at its own install
 # folder; our XLA_FLAGS already names the one found above.
@@ -335,7 +337,7 @@ fi
 # 1. PyTorch baseline, first so the engine can serve its ONNX export.
 TORCH_DIR=$OUT/torch
 mkdir -p "$TORCH_DIR"
-step torch-bench 150 "$PY" scripts/gpu/torch_bench.py --out "$TORCH_DIR" --batch-sizes "$BATCH_SIZES" \
+LD_LIBRARY_PATH=$TORCH_LD_LIBRARY_PATH step torch-bench 150 "$PY" scripts/gpu/torch_bench.py --out "$TORCH_DIR" --batch-sizes "$BATCH_SIZES" \
   --seq-len "$SEQ_LEN" --window 3
 ONNX_DIR=""
 if [[ -f $TORCH_DIR/encoder.onnx && -f $TORCH_DIR/tokenizer.json ]] || [[ $DRY_RUN == 1 ]]; then ONNX_DIR=$TORCH_DIR
