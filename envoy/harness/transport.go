@@ -2,6 +2,8 @@ package harness
 
 import (
 	"bytes"
+	"crypto/rand"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -256,4 +258,12 @@ func (s *writerSink) flush() {
 	if fl, ok := s.w.(http.Flusher); ok {
 		fl.Flush()
 	}
+}
+
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }

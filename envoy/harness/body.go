@@ -1,0 +1,328 @@
+package harness
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+)
+
+// chunkSize bounds one read from a body, like one read from Envoy's socket.
+const chunkSize = 32 << 10
+
+// bufferedBody is BUFFERED mode: the whole body in one message, headers held
+// until its answer so a body response may still change them.
+func (f *filter) bufferedBody(d *direction, in *message, hdrs *headerMap, out emitter, readTrailers func(), trailers **headerMap) error {
+	body, over, err := readUpTo(in.body, f.h.cfg.BufferLimit)
+	if err != nil {
+		return err
+	}
+	if over {
+		return f.overLimit(d)
+	}
+	readTrailers()
+	sent, err := f.send(d, bodyRequest(d, body, *trailers == nil))
+	if err != nil {
+		return err
+	}
+	if sent {
+		resp, err := f.await(d, kindBody)
+		if err != nil {
+			return err
+		}
+		if resp != nil {
+			cr := bodyCommon(d, resp)
+			if err := f.applyHeaderMutation(cr.GetHeaderMutation(), hdrs, false); err != nil {
+				return err
+			}
+			if bm := cr.GetBodyMutation(); bm != nil {
+				body = mutateBody(bm, body)
+				if cl, ok := hdrs.get("content-length"); ok {
+					if n, err := strconv.Atoi(cl); err == nil && n != len(body) {
+						return f.mutationFailed(&mutationError{fmt.Sprintf(
+							"mismatch between content-length %d and the length %d of the mutated body", n, len(body))})
+					}
+				}
+			}
+			f.routeCache(d, cr, false)
+		}
+	}
+	if err := out.headers(hdrs); err != nil {
+		return err
+	}
+	return out.data(body)
+}
+
+// partialBody is BUFFERED_PARTIAL mode: what arrived up to the buffer limit
+// (or the end) goes in one message; the rest passes unprocessed.
+func (f *filter) partialBody(d *direction, in *message, hdrs *headerMap, out emitter, readTrailers func(), trailers **headerMap) error {
+	part, over, err := readUpTo(in.body, f.h.cfg.BufferLimit)
+	if err != nil {
+		return err
+	}
+	var rest []byte
+	if over {
+		// readUpTo read one byte past the limit to learn that more follows.
+		part, rest = part[:f.h.cfg.BufferLimit], part[f.h.cfg.BufferLimit:]
+	} else {
+		readTrailers()
+	}
+	sent, err := f.send(d, bodyRequest(d, part, !over && *trailers == nil))
+	if err != nil {
+		return err
+	}
+	if sent {
+		resp, err := f.await(d, kindBody)
+		if err != nil {
+			return err
+		}
+		if resp != nil {
+			cr := bodyCommon(d, resp)
+			if bm := cr.GetBodyMutation(); bm != nil {
+				part = mutateBody(bm, part)
+			}
+			f.routeCache(d, cr, false)
+		}
+	}
+	if err := out.headers(hdrs); err != nil {
+		return err
+	}
+	if err := out.data(part); err != nil {
+		return err
+	}
+	if over {
+		if err := out.data(rest); err != nil {
+			return err
+		}
+		if err := pipe(in.body, out); err != nil {
+			return err
+		}
+		readTrailers()
+	}
+	return nil
+}
+
+// chunkItem is one read from a streamed body.
+type chunkItem struct {
+	data []byte
+	end  bool
+	err  error
+}
+
+// streamedBody is STREAMED mode. As in Envoy, each chunk is sent as soon as
+// it is read, without waiting for the answers to earlier chunks; answers
+// come back one per chunk, in order, and each processed chunk is passed on
+// when its answer arrives. The message timer restarts on every send and
+// stops on every answer.
+func (f *filter) streamedBody(d *direction, in *message, out emitter, readTrailers func(), trailers **headerMap) error {
+	items := make(chan chunkItem)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		remaining := in.length
+		for {
+			buf := make([]byte, chunkSize)
+			n, err := in.body.Read(buf)
+			if remaining >= 0 {
+				remaining -= int64(n)
+			}
+			it := chunkItem{data: buf[:n], end: err == io.EOF || remaining == 0}
+			if err != nil && err != io.EOF {
+				it = chunkItem{err: err}
+			}
+			if it.end {
+				readTrailers()
+			}
+			if n == 0 && !it.end && it.err == nil {
+				continue
+			}
+			select {
+			case items <- it:
+			case <-stop:
+				return
+			}
+			if it.end || it.err != nil {
+				return
+			}
+		}
+	}()
+
+	emit := func(p []byte) error {
+		if len(p) == 0 {
+			return nil
+		}
+		return out.data(p)
+	}
+	var queue [][]byte
+	flush := func() error {
+		for _, p := range queue {
+			if err := emit(p); err != nil {
+				return err
+			}
+		}
+		queue = nil
+		return nil
+	}
+	readerDone := false
+	for !readerDone || len(queue) > 0 {
+		var itemCh <-chan chunkItem
+		if !readerDone {
+			itemCh = items
+		}
+		var recvCh <-chan recvResult
+		var timerC <-chan time.Time
+		var timer *time.Timer
+		if len(queue) > 0 {
+			recvCh = f.recv
+			if f.timerArmed {
+				timer = time.NewTimer(time.Until(f.deadline))
+				timerC = timer.C
+			}
+		}
+		select {
+		case <-f.ctx.Done():
+			f.complete = true
+			f.closeStream(true)
+			return f.ctx.Err()
+		case it := <-itemCh:
+			if it.err != nil {
+				return it.err
+			}
+			readerDone = it.end
+			// A body of unknown length ends with an empty end_of_stream
+			// chunk, as a chunked HTTP/1 body does in Envoy; with trailers
+			// to follow no chunk carries end_of_stream.
+			eos := it.end && *trailers == nil
+			if len(it.data) == 0 && !eos {
+				break
+			}
+			sent := false
+			if !f.complete {
+				var err error
+				if sent, err = f.send(d, bodyRequest(d, it.data, eos)); err != nil {
+					return err
+				}
+			}
+			if !sent || f.observe {
+				if err := flush(); err != nil {
+					return err
+				}
+				if err := emit(it.data); err != nil {
+					return err
+				}
+				break
+			}
+			queue = append(queue, it.data)
+		case r := <-recvCh:
+			resp, done, err := f.receive(r, d, kindBody)
+			if err != nil {
+				return err
+			}
+			if !done {
+				break
+			}
+			if resp == nil {
+				if err := flush(); err != nil {
+					return err
+				}
+				break
+			}
+			chunk := queue[0]
+			queue = queue[1:]
+			cr := bodyCommon(d, resp)
+			if bm := cr.GetBodyMutation(); bm != nil {
+				chunk = mutateBody(bm, chunk)
+			}
+			f.routeCache(d, cr, false)
+			if err := emit(chunk); err != nil {
+				return err
+			}
+		case <-timerC:
+			if err := f.messageTimedOut(); err != nil {
+				return err
+			}
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+	}
+	return nil
+}
+
+// overLimit is the filter manager's answer to a BUFFERED body over the
+// buffer limit. The 413 is a filter-manager reply, so it still goes through
+// ext_proc's response phase; the 500 happens in that phase.
+func (f *filter) overLimit(d *direction) error {
+	if d.request {
+		return &localReply{status: http.StatusRequestEntityTooLarge, body: []byte("Payload Too Large"),
+			details: "request_payload_too_large", encode: true}
+	}
+	f.complete = true
+	f.closeStream(true)
+	return &localReply{status: http.StatusInternalServerError, body: []byte("Internal Server Error"),
+		details: "response_payload_too_large"}
+}
+
+func bodyRequest(d *direction, body []byte, eos bool) *extprocv3.ProcessingRequest {
+	b := &extprocv3.HttpBody{Body: body, EndOfStream: eos}
+	if d.request {
+		return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: b}}
+	}
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: b}}
+}
+
+func bodyCommon(d *direction, resp *extprocv3.ProcessingResponse) *extprocv3.CommonResponse {
+	if d.request {
+		return resp.GetRequestBody().GetResponse()
+	}
+	return resp.GetResponseBody().GetResponse()
+}
+
+func mutateBody(bm *extprocv3.BodyMutation, body []byte) []byte {
+	switch m := bm.GetMutation().(type) {
+	case *extprocv3.BodyMutation_Body:
+		return append([]byte(nil), m.Body...)
+	case *extprocv3.BodyMutation_ClearBody:
+		if m.ClearBody {
+			return nil
+		}
+	case *extprocv3.BodyMutation_StreamedResponse:
+		return append([]byte(nil), m.StreamedResponse.GetBody()...)
+	}
+	return body
+}
+
+func readUpTo(r io.Reader, limit int) (body []byte, over bool, err error) {
+	body, err = io.ReadAll(io.LimitReader(r, int64(limit)+1))
+	if err != nil {
+		return nil, false, err
+	}
+	if len(body) > limit {
+		return body, true, nil
+	}
+	return body, false, nil
+}
+
+func pipe(r io.Reader, out emitter) error {
+	buf := make([]byte, chunkSize)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if werr := out.data(append([]byte(nil), buf[:n]...)); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
