@@ -9,7 +9,7 @@ APT_PACKAGES := redis-server
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: deps go-deps apt-deps model build run test e2e fmt-check vet fuzz
+.PHONY: deps go-deps apt-deps model build run test e2e fmt-check vet fuzz gpu-check
 
 deps: go-deps apt-deps model
 
@@ -49,3 +49,13 @@ vet:
 
 test: deps fmt-check vet
 	$(GO) test -race -timeout 20m ./...
+
+# x86-64 cgo build (NVML, PJRT loader) plus the model, for
+# scripts/gpu/gpu-check.sh on a GPU machine; stripped so binary and model fit
+# the device copy's 64 MiB.
+gpu-check: model
+	CGO_ENABLED=1 GOOS=linux GOARCH=amd64 CGO_CFLAGS="-O2 -Wno-deprecated-declarations" \
+	  $(GO) build -ldflags '$(LDFLAGS) -s -w' -o $(BIN) ./cmd/infergate
+	@test -f $(MODEL_DIR)/model.json && test -f $(MODEL_DIR)/vocab.json || { echo "$(MODEL_DIR) incomplete: run make model"; exit 1; }
+	@echo "$(BIN): $$(du -m $(BIN) | cut -f1) MiB, model $$(du -sm $(MODEL_DIR) | cut -f1) MiB"
+	@echo "on the GPU machine (carry bin/infergate models/use-lite): OUT=<dir> bash scripts/gpu/gpu-check.sh"
