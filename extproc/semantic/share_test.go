@@ -1,0 +1,140 @@
+package semantic
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// startRedis runs a private redis-server on a free port for the test.
+func startRedis(t *testing.T) *redis.Client {
+	t.Helper()
+	path, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server not on PATH (make deps installs it): %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command(path, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	client := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
+	t.Cleanup(func() { client.Close() })
+	deadline := time.Now().Add(10 * time.Second)
+	for client.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("redis-server did not come up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return client
+}
+
+// replica is one ext_proc replica's semantic cache, following Redis.
+func replica(t *testing.T, client *redis.Client) *Cache {
+	t.Helper()
+	c := newTestCache(t, Config{}, useLite(t))
+	c.ShareVia(client, "infergate:", time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return c
+}
+
+func sharedReq(question string) Request {
+	r := req("acme", "You are a support bot.", question)
+	r.Policy.SharedCache = true
+	return r
+}
+
+// eventuallyHit polls until c answers r: replication is asynchronous.
+func eventuallyHit(t *testing.T, c *Cache, r Request) Hit {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if hit, ok := c.Lookup(context.Background(), r); ok {
+			return hit
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no hit for %q on the other replica", r.Body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestReplicasShareHitsThroughRedis(t *testing.T) {
+	client := startRedis(t)
+	a, b := replica(t, client), replica(t, client)
+
+	if err := a.Store(context.Background(), sharedReq("How do I reset my password?"), answer("answered by A")); err != nil {
+		t.Fatal(err)
+	}
+	hit := eventuallyHit(t, b, sharedReq("How can I reset my password?"))
+	if string(hit.Response.Body) != "answered by A" || hit.Response.Status != 200 || hit.Response.Headers[0][0] != "content-type" {
+		t.Fatalf("B served %+v", hit.Response)
+	}
+	// the guard holds on the other replica too
+	if _, ok := b.Lookup(context.Background(), sharedReq("How do I reset my PIN?")); ok {
+		t.Error("B served a different question")
+	}
+
+	// a replica that starts later loads what is already there
+	c := replica(t, client)
+	eventuallyHit(t, c, sharedReq("How can I reset my password?"))
+
+	// entries of routes without a shared cache stay on their replica
+	local := req("acme", "You are a support bot.", "Where is my invoice?")
+	if err := b.Store(context.Background(), local, answer("local")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, ok := a.Lookup(context.Background(), local); ok {
+		t.Error("an unshared entry reached another replica")
+	}
+
+	// Redis holds each entry with its TTL
+	keys, err := client.Keys(context.Background(), "infergate:sem:e:*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("entry keys in Redis = %v (%v), want 1", keys, err)
+	}
+	if ttl := client.PTTL(context.Background(), keys[0]).Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("entry TTL in Redis = %v, want within the route's 1m", ttl)
+	}
+}
+
+func TestRedisDownLeavesTheLocalCacheWorking(t *testing.T) {
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	defer client.Close()
+	c := replica(t, client)
+	if err := c.Store(context.Background(), sharedReq("How do I reset my password?"), answer("a")); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.Lookup(context.Background(), sharedReq("How can I reset my password?")); !ok {
+		t.Fatal("local hit lost while Redis is down")
+	}
+	if got := counterValue(c.met.shared.WithLabelValues("failed")); got == 0 {
+		t.Error("Redis failures not counted")
+	}
+}
