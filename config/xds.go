@@ -613,7 +613,7 @@ func msgOf(err error) string {
 
 // fieldPath finds a config path such as xds.listeners[0].routes[2].name at
 // the start of a message or after ": ".
-var fieldPath = regexp.MustCompile(`(?:^|: )([a-z_]+(?:\.[A-Za-z0-9_-]+|\[\d+\])*): `)
+var fieldPath = regexp.MustCompile(`(?m)(?:^|: )([a-z_]+(?:\.[A-Za-z0-9_-]+|\[\d+\])*): `)
 
 // WithLines adds "(line N)" after every config path in err's message whose
 // node it finds in the YAML source data, so that a refused change points

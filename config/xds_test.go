@@ -1,0 +1,85 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestXDSDefaults(t *testing.T) {
+	c, err := Parse("empty.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := c.XDS
+	if len(x.Listeners) != 1 || x.Listeners[0].Name != "ingress" || x.Listeners[0].Address != "127.0.0.1:10000" {
+		t.Fatalf("default listener %+v", x.Listeners)
+	}
+	r := x.Listeners[0].VirtualHosts[0].Routes[0]
+	if r.Pool != DefaultPoolName || r.Match.Prefix != "/" || r.Timeout != time.Minute || r.Retry.Attempts != 1 ||
+		strings.Join(r.Retry.On, ",") != "reset,connect-failure,retriable-status-codes" || r.Retry.StatusCodes[0] != 503 {
+		t.Errorf("default route %+v", r)
+	}
+	p := x.Pools[0]
+	if p.Name != DefaultPoolName || p.LB != "least_request" || p.HealthCheck.Path != "/v2/health/ready" ||
+		p.CircuitBreakers.RetryBudgetPercent != 20 || p.Outlier.Consecutive5xx != 5 {
+		t.Errorf("default pool %+v", p)
+	}
+	if x.WatchInterval != time.Second || x.History != 20 || x.HeartbeatTTL != 15*time.Second || x.ExtProc.MessageTimeout != 500*time.Millisecond {
+		t.Errorf("defaults %+v", x)
+	}
+}
+
+// Every routing problem is reported at once, each with its path and the
+// line of the file to fix.
+func TestXDSErrorsNameFieldAndLine(t *testing.T) {
+	src := `xds:
+  listeners:
+    - name: ingress
+      virtual_hosts:
+        - name: all
+          routes:
+            - name: chat
+              match: {regex: "/v1/(chat"}
+              pool: gpu
+            - name: chat
+              pool: cpu
+              destinations: [{pool: cpu, weight: 1}]
+            - name: split
+              destinations: [{pool: cpu, weight: 0}]
+              retry: {on: [sometimes]}
+              policy: missing
+  policies:
+    bad: {cache: maybe}
+  pools:
+    - name: cpu
+      endpoints: [localhost]
+`
+	_, err := Parse("infergate.yaml", []byte(src))
+	if err == nil {
+		t.Fatal("config accepted")
+	}
+	msg := WithLines([]byte(src), err).Error()
+	for _, want := range []string{
+		"xds.listeners[0].virtual_hosts[0].routes[0].match.regex (line 8): not an RE2 expression",
+		`xds.listeners[0].virtual_hosts[0].routes[0].pool (line 9): no pool named "gpu"`,
+		`xds.listeners[0].virtual_hosts[0].routes[1].name (line 10): route "chat" is defined twice`,
+		"xds.listeners[0].virtual_hosts[0].routes[1] (line 10): give pool or destinations, not both",
+		"xds.listeners[0].virtual_hosts[0].routes[2].destinations (line 14): weights add up to 0",
+		`xds.listeners[0].virtual_hosts[0].routes[2].retry.on[0] (line 15): "sometimes" is not an Envoy retry condition`,
+		`xds.listeners[0].virtual_hosts[0].routes[2].policy (line 16): no policy named "missing"`,
+		`xds.policies.bad.cache (line 18): "maybe" is not one of off, exact, semantic`,
+		`xds.pools[0].endpoints[0] (line 21): "localhost" is not host:port`,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error does not contain %q:\n%s", want, msg)
+		}
+	}
+}
+
+func TestXDSUnknownFieldNamesLine(t *testing.T) {
+	_, err := Parse("infergate.yaml", []byte("xds:\n  listeners:\n    - name: a\n      virtual_hosts:\n        - name: v\n          routes:\n            - name: r\n              pol: default\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 8: field pol not found") {
+		t.Errorf("got %v, want the unknown field and its line", err)
+	}
+}
