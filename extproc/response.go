@@ -89,7 +89,7 @@ func (st *stream) wantBody() bool {
 
 func (st *stream) responseBody(b *extprocv3.HttpBody) error {
 	chunk := b.GetBody()
-	st.respBytes += len(chunk)
+	st.respChunks++
 	if st.wantBody() && !st.respOver {
 		limit := st.s.cfg.MaxBodyBytes
 		if st.sse {
@@ -110,12 +110,13 @@ func (st *stream) responseBody(b *extprocv3.HttpBody) error {
 	if !b.GetEndOfStream() {
 		return st.send(responseBodyResponse(nil))
 	}
+	// A Cache-Status not sent with the headers waits for the outcome:
+	// BUFFERED, so Envoy still holds the response headers.
+	report := !st.sse && st.cacheable && st.storeNot == "" && st.respChunks == 1
 	status := st.responseComplete()
 	st.phase = finished
 	m := &mutation{}
-	if !st.sse && st.cacheable && st.storeNot == "" {
-		// BUFFERED: Envoy still holds the response headers, so the outcome
-		// can be reported in them.
+	if report {
 		m.add(headerCacheStatus, status)
 	}
 	return st.send(responseBodyResponse(m))

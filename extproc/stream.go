@@ -65,14 +65,14 @@ type stream struct {
 	flight    *cache.Flight
 
 	// Response state.
-	status    int
-	respHdr   headers
-	storeNot  string // why the response will not be stored ("" = it may be)
-	sse       bool
-	respBody  []byte
-	respTail  []byte
-	respOver  bool
-	respBytes int
+	status     int
+	respHdr    headers
+	storeNot   string // why the response will not be stored ("" = it may be)
+	sse        bool
+	respBody   []byte
+	respTail   []byte
+	respOver   bool
+	respChunks int
 }
 
 // Process implements the ext_proc gRPC service: one stream per request.

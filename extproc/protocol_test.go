@@ -1,0 +1,186 @@
+package extproc_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/infergate/infergate/policy"
+)
+
+// rawStream opens a Process stream with a plain gRPC client, to send what
+// Envoy never would.
+func rawStream(t *testing.T, addr string, md ...string) extprocv3.ExternalProcessor_ProcessClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ctx := metadata.AppendToOutgoingContext(context.Background(), md...)
+	s, err := extprocv3.NewExternalProcessorClient(conn).Process(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func requestHeaders(eos bool, kv ...string) *extprocv3.ProcessingRequest {
+	hm := &corev3.HeaderMap{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
+	}
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
+		RequestHeaders: &extprocv3.HttpHeaders{Headers: hm, EndOfStream: eos}}}
+}
+
+func body(b string, response bool) *extprocv3.ProcessingRequest {
+	hb := &extprocv3.HttpBody{Body: []byte(b), EndOfStream: true}
+	if response {
+		return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: hb}}
+	}
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: hb}}
+}
+
+// finalStatus sends msgs and returns the status the stream ended with.
+func finalStatus(t *testing.T, s extprocv3.ExternalProcessor_ProcessClient, msgs ...*extprocv3.ProcessingRequest) error {
+	t.Helper()
+	for _, m := range msgs {
+		if err := s.Send(m); err != nil {
+			break
+		}
+	}
+	_ = s.CloseSend()
+	for {
+		if _, err := s.Recv(); err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+func TestUnexpectedMessagesEndTheStreamWithAnError(t *testing.T) {
+	srv := startExtProc(t, nil)
+	cases := map[string][]*extprocv3.ProcessingRequest{
+		"body without headers":         {body(`{}`, false)},
+		"response body first":          {body(`{}`, true)},
+		"headers twice":                {requestHeaders(false, ":path", "/"), requestHeaders(false, ":path", "/")},
+		"response body before headers": {requestHeaders(true, ":path", "/"), body("x", true)},
+		"empty message":                {{}},
+	}
+	for name, msgs := range cases {
+		err := finalStatus(t, rawStream(t, srv.Addr()), msgs...)
+		code := status.Code(err)
+		if code != codes.FailedPrecondition && code != codes.InvalidArgument {
+			t.Errorf("%s: stream ended with %v, want FailedPrecondition or InvalidArgument", name, err)
+		}
+	}
+	if got := metric(t, srv.Registry(), "infergate_extproc_stream_errors_total"); got != float64(len(cases)) {
+		t.Errorf("%v stream errors counted, want %d", got, len(cases))
+	}
+	// The server still serves after all that.
+	if err := finalStatus(t, rawStream(t, srv.Addr()), requestHeaders(true, ":method", "GET", ":path", "/")); err != nil {
+		t.Fatalf("well-formed stream after bad ones: %v", err)
+	}
+}
+
+func TestBadPolicyMetadataIsRefused(t *testing.T) {
+	srv := startExtProc(t, nil)
+	s := rawStream(t, srv.Addr(), policy.MetadataKey, `{"cache":"sometimes"}`)
+	err := finalStatus(t, s, requestHeaders(false, ":path", "/"))
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "cache") {
+		t.Fatalf("stream ended with %v, want InvalidArgument naming the field", err)
+	}
+}
+
+func TestRequestWithoutAnyHeadersIsServed(t *testing.T) {
+	srv := startExtProc(t, nil)
+	s := rawStream(t, srv.Addr())
+	if err := s.Send(requestHeaders(false)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatalf("headers answer: %v", err)
+	}
+	if err := s.Send(body("\x00\x01", false)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Recv()
+	if err != nil || resp.GetRequestBody() == nil {
+		t.Fatalf("body answer: %v %v", resp, err)
+	}
+}
+
+func TestPurgeAPI(t *testing.T) {
+	up := newUpstream(t)
+	srv := startExtProc(t, nil)
+	h := newHarness(t, srv, up.URL, policy.Policy{Route: "embed"}, nil)
+	store := func(tenant, input string) string {
+		res := call(t, h, "POST", "/v1/embeddings", []byte(`{"model":"use-lite","input":"`+input+`"}`), "X-Tenant-Id", tenant)
+		cs := cacheStatus(t, res)
+		_, key, _ := strings.Cut(cs, `key="`)
+		return strings.TrimSuffix(key, `"`)
+	}
+	hit := func(tenant, input string) bool {
+		return isHit(cacheStatus(t, call(t, h, "POST", "/v1/embeddings", []byte(`{"model":"use-lite","input":"`+input+`"}`), "X-Tenant-Id", tenant)))
+	}
+	purge := func(sel string) (int, map[string]any) {
+		resp, err := http.Post("http://"+srv.AdminAddr()+"/v1/cache/purge", "application/json", strings.NewReader(sel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+
+	keyA1 := store("a", "one")
+	store("a", "two")
+	store("b", "one")
+	if code, out := purge(fmt.Sprintf(`{"key":%q}`, keyA1)); code != 200 || out["purged"] != 1.0 {
+		t.Fatalf("purge by key: %d %v", code, out)
+	}
+	if hit("a", "one") {
+		t.Fatal("purged key still served")
+	}
+	if !hit("a", "two") || !hit("b", "one") {
+		t.Fatal("purge by key removed other entries")
+	}
+	if code, out := purge(`{"tenant":"a"}`); code != 200 || out["purged"] != 2.0 {
+		t.Fatalf("purge by tenant: %d %v", code, out)
+	}
+	if hit("a", "two") || !hit("b", "one") {
+		t.Fatal("purge by tenant a: wrong entries left")
+	}
+	if code, out := purge(`{"model":"use-lite","route":"embed"}`); code != 200 || out["purged"] != 2.0 {
+		t.Fatalf("purge by model and route: %d %v", code, out)
+	}
+	store("c", "x")
+	if code, out := purge(`{"all":true}`); code != 200 || out["purged"] != 1.0 {
+		t.Fatalf("purge all: %d %v", code, out)
+	}
+	for _, bad := range []string{`{}`, `{"all":true,"tenant":"a"}`, `{"key":"nope"}`, `{"tenantt":"a"}`, `not json`} {
+		if code, out := purge(bad); code != http.StatusBadRequest || out["error"] == nil {
+			t.Errorf("purge %s: %d %v, want 400 with an error", bad, code, out)
+		}
+	}
+	if metric(t, srv.Registry(), "infergate_extproc_cache_purges_total") != 4 ||
+		metric(t, srv.Registry(), "infergate_extproc_cache_purged_entries_total") != 6 {
+		t.Error("purge metrics do not show 4 purges of 6 entries")
+	}
+}
