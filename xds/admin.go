@@ -119,10 +119,7 @@ func (s *Server) getConfig(w http.ResponseWriter, _ *http.Request) {
 // change applies edit to a copy of the current routing model; edit's error
 // is the client's (404 or 400), a refused result is 422.
 func (s *Server) change(w http.ResponseWriter, note string, edit func(x *config.XDS) (int, error)) {
-	s.mu.Lock()
-	m := s.model
-	m.routing = cloneRouting(m.routing)
-	s.mu.Unlock()
+	m := s.currentModel()
 	if status, err := edit(&m.routing); err != nil {
 		ops.WriteError(w, status, err.Error())
 		return

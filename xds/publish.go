@@ -84,6 +84,12 @@ func (p *publisher) publish(r *resources) {
 	}
 }
 
+func (p *publisher) currentGeneration() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.generation
+}
+
 // addNode gives a newly connected node its snapshot.
 func (p *publisher) addNode(key string, node *corev3.Node) {
 	p.mu.Lock()

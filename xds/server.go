@@ -177,6 +177,15 @@ func (s *Server) Serve(ctx context.Context) error {
 	return err
 }
 
+// currentModel returns a deep copy of the model being served, for edits.
+func (s *Server) currentModel() model {
+	s.mu.Lock()
+	m := s.model
+	s.mu.Unlock()
+	m.routing = cloneRouting(m.routing)
+	return m
+}
+
 func (s *Server) currentVersion() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -91,6 +91,9 @@ type TypeStatus struct {
 	NackedVersion string `json:"nacked_version,omitempty"`
 	Error         string `json:"error,omitempty"`
 	Pushes        int    `json:"pushes"`
+	// AnswerSeconds is how long the node took to ACK or NACK the last
+	// response it answered.
+	AnswerSeconds float64 `json:"answer_seconds"`
 }
 
 // NodeStatus is one connected node.
@@ -197,7 +200,8 @@ func (t *tracker) request(id int64, node *corev3.Node, delta bool, typeURL, nonc
 			delete(st.sent, nonce)
 			ts := t.typeStatus(st.key, typeURL)
 			name := typeName(typeURL)
-			t.m.pushToAck.WithLabelValues(name).Observe(time.Since(s.at).Seconds())
+			ts.AnswerSeconds = time.Since(s.at).Seconds()
+			t.m.pushToAck.WithLabelValues(name).Observe(ts.AnswerSeconds)
 			if nack {
 				ts.NackedVersion, ts.Error = s.version, errText
 				t.m.nacks.WithLabelValues(name).Inc()
