@@ -1,20 +1,281 @@
 package config
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
 
 // Engine configures the inference engine. Its HTTP listener serves the
 // OpenAI and KServe v2 APIs as well as /metrics, /healthz and /readyz.
 type Engine struct {
 	// Listen is the engine's HTTP address. Default 127.0.0.1:8080.
 	Listen string `yaml:"listen"`
+	// Backend is the GoMLX backend every model runs on: "simplego" (pure
+	// Go, the default) or "xla" (PJRT, CPU or CUDA).
+	Backend string `yaml:"backend"`
+	// MaxBodyBytes caps a request body; larger bodies get 413.
+	// Default 2 MiB (TEI's payload_limit).
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// Models are served under their names. Default: one model "use-lite"
+	// of kind use-lite in models/use-lite.
+	Models []EngineModel `yaml:"models"`
 }
+
+// EngineModel is one served model with its queue and dynamic batcher.
+// Knob names follow NVIDIA Triton's dynamic_batching and HuggingFace TEI;
+// the equivalents are given with each field.
+type EngineModel struct {
+	// Name is what clients put in "model" and in /v2/models/{name}.
+	Name string `yaml:"name"`
+	// Kind is use-lite (the TF.js USE-Lite graph) or onnx (onnx-gomlx).
+	Kind string `yaml:"kind"`
+	// Path is the model folder (use-lite) or the .onnx file (onnx).
+	Path string `yaml:"path"`
+	// MaxBatchSize caps the items (input texts) in one batch.
+	// Triton: max_batch_size; TEI: max_client_batch_size. Default 32.
+	MaxBatchSize int `yaml:"max_batch_size"`
+	// MaxBatchTokens caps a batch's padded size: items × longest item in
+	// tokens, which is what the runtime computes. One item always fits.
+	// TEI: max_batch_tokens (TEI counts real tokens). Default 8192.
+	MaxBatchTokens int `yaml:"max_batch_tokens"`
+	// MaxQueueDelay is the longest the oldest queued request waits for
+	// others to join its batch. Triton: max_queue_delay_microseconds.
+	// 0 batches only what is already queued. Default 2ms.
+	MaxQueueDelay *time.Duration `yaml:"max_queue_delay"`
+	// QueueSize caps queued requests; beyond it requests get 429.
+	// Triton: max_queue_size; TEI: max_concurrent_requests. Default 512.
+	QueueSize int `yaml:"queue_size"`
+	// Workers is how many batches run at once. Triton: instance_group
+	// count. Default 1.
+	Workers int `yaml:"workers"`
+	// PriorityLevels is the number of priorities, 0 (lowest) to
+	// PriorityLevels-1 (highest), chosen per request by the
+	// x-infergate-priority header. Triton: priority_levels (where 1 is the
+	// highest). Default 3.
+	PriorityLevels int `yaml:"priority_levels"`
+	// DefaultPriority applies to requests without the header.
+	// Triton: default_priority_level. Default 1.
+	DefaultPriority *int `yaml:"default_priority"`
+	// Timeout is a request's deadline from arrival; past it the request
+	// gets 504 and is never computed. Triton: default_queue_policy
+	// default_timeout_microseconds. Default 30s.
+	Timeout time.Duration `yaml:"timeout"`
+	// MaxInputs caps the texts in one request (413 beyond).
+	// TEI: max_client_batch_size. Default 2048 (OpenAI's limit).
+	MaxInputs int `yaml:"max_inputs"`
+	// MaxInputChars caps one text in Unicode code points (413 beyond);
+	// texts within it but longer than the model's token limit are
+	// truncated. Default 32768.
+	MaxInputChars int `yaml:"max_input_chars"`
+	// ONNX describes an onnx model's tokenizer and tensors.
+	ONNX ONNXModel `yaml:"onnx"`
+}
+
+// ONNXModel is what onnx-gomlx needs to run a user's encoder.
+type ONNXModel struct {
+	// Tokenizer is the HuggingFace tokenizer.json (WordPiece). Required
+	// for kind onnx.
+	Tokenizer string `yaml:"tokenizer"`
+	// InputIDs, AttentionMask and TokenTypeIDs name the graph inputs;
+	// an empty TokenTypeIDs means the graph has none. Defaults input_ids,
+	// attention_mask, token_type_ids.
+	InputIDs      string  `yaml:"input_ids"`
+	AttentionMask string  `yaml:"attention_mask"`
+	TokenTypeIDs  *string `yaml:"token_type_ids"`
+	// Output names the graph output. Default last_hidden_state.
+	Output string `yaml:"output"`
+	// Pooling turns per-token outputs into one vector: mean, cls or none
+	// (the output is already one vector per sequence). Default mean.
+	Pooling string `yaml:"pooling"`
+	// Normalize scales vectors to unit length. Default false.
+	Normalize bool `yaml:"normalize"`
+	// MaxTokens is the longest sequence the graph takes. Default 512.
+	MaxTokens int `yaml:"max_tokens"`
+}
+
+// Engine defaults, in one place; the README's reference lists them.
+const (
+	DefaultEngineListen       = "127.0.0.1:8080"
+	DefaultEngineBackend      = "simplego"
+	DefaultEngineMaxBodyBytes = 2 << 20
+	DefaultModelName          = "use-lite"
+	DefaultModelPath          = "models/use-lite"
+	DefaultMaxBatchSize       = 32
+	DefaultMaxBatchTokens     = 8192
+	DefaultMaxQueueDelay      = 2 * time.Millisecond
+	DefaultQueueSize          = 512
+	DefaultWorkers            = 1
+	DefaultPriorityLevels     = 3
+	DefaultPriority           = 1
+	DefaultRequestTimeout     = 30 * time.Second
+	DefaultMaxInputs          = 2048
+	DefaultMaxInputChars      = 32768
+	DefaultONNXMaxTokens      = 512
+)
 
 func (e *Engine) setDefaults() {
 	if e.Listen == "" {
-		e.Listen = "127.0.0.1:8080"
+		e.Listen = DefaultEngineListen
+	}
+	if e.Backend == "" {
+		e.Backend = DefaultEngineBackend
+	}
+	if e.MaxBodyBytes == 0 {
+		e.MaxBodyBytes = DefaultEngineMaxBodyBytes
+	}
+	if len(e.Models) == 0 {
+		e.Models = []EngineModel{{Name: DefaultModelName, Kind: "use-lite", Path: DefaultModelPath}}
+	}
+	for i := range e.Models {
+		e.Models[i].setDefaults()
 	}
 }
 
+func (m *EngineModel) setDefaults() {
+	if m.Kind == "" {
+		m.Kind = "use-lite"
+	}
+	if m.Path == "" && m.Kind == "use-lite" {
+		m.Path = DefaultModelPath
+	}
+	if m.MaxBatchSize == 0 {
+		m.MaxBatchSize = DefaultMaxBatchSize
+	}
+	if m.MaxBatchTokens == 0 {
+		m.MaxBatchTokens = DefaultMaxBatchTokens
+	}
+	if m.MaxQueueDelay == nil {
+		d := DefaultMaxQueueDelay
+		m.MaxQueueDelay = &d
+	}
+	if m.QueueSize == 0 {
+		m.QueueSize = DefaultQueueSize
+	}
+	if m.Workers == 0 {
+		m.Workers = DefaultWorkers
+	}
+	if m.PriorityLevels == 0 {
+		m.PriorityLevels = DefaultPriorityLevels
+	}
+	if m.DefaultPriority == nil {
+		p := min(DefaultPriority, m.PriorityLevels-1)
+		m.DefaultPriority = &p
+	}
+	if m.Timeout == 0 {
+		m.Timeout = DefaultRequestTimeout
+	}
+	if m.MaxInputs == 0 {
+		m.MaxInputs = DefaultMaxInputs
+	}
+	if m.MaxInputChars == 0 {
+		m.MaxInputChars = DefaultMaxInputChars
+	}
+	if m.Kind == "onnx" {
+		o := &m.ONNX
+		if o.InputIDs == "" {
+			o.InputIDs = "input_ids"
+		}
+		if o.AttentionMask == "" {
+			o.AttentionMask = "attention_mask"
+		}
+		if o.TokenTypeIDs == nil {
+			s := "token_type_ids"
+			o.TokenTypeIDs = &s
+		}
+		if o.Output == "" {
+			o.Output = "last_hidden_state"
+		}
+		if o.Pooling == "" {
+			o.Pooling = "mean"
+		}
+		if o.MaxTokens == 0 {
+			o.MaxTokens = DefaultONNXMaxTokens
+		}
+	}
+}
+
+// modelName keeps names safe in URL paths and metric labels.
+var modelName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
 func (e *Engine) validate() error {
-	return errors.Join(checkHostPort("engine.listen", e.Listen))
+	errs := []error{checkHostPort("engine.listen", e.Listen)}
+	switch e.Backend {
+	case "simplego", "xla":
+	default:
+		errs = append(errs, fmt.Errorf("engine.backend: %q is not one of simplego, xla", e.Backend))
+	}
+	if e.MaxBodyBytes < 1024 {
+		errs = append(errs, fmt.Errorf("engine.max_body_bytes: %d is below the minimum of 1024", e.MaxBodyBytes))
+	}
+	seen := map[string]bool{}
+	for i := range e.Models {
+		m := &e.Models[i]
+		field := fmt.Sprintf("engine.models[%d]", i)
+		if m.Name != "" {
+			field = fmt.Sprintf("engine.models[%d] (%s)", i, m.Name)
+		}
+		if seen[m.Name] {
+			errs = append(errs, fmt.Errorf("%s.name: %q is used by an earlier model", field, m.Name))
+		}
+		seen[m.Name] = true
+		errs = append(errs, m.validate(field))
+	}
+	return errors.Join(errs...)
+}
+
+func (m *EngineModel) validate(field string) error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s.%s: %s", field, key, fmt.Sprintf(format, args...)))
+	}
+	if !modelName.MatchString(m.Name) {
+		bad("name", "%q must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", m.Name)
+	}
+	switch m.Kind {
+	case "use-lite":
+	case "onnx":
+		if m.ONNX.Tokenizer == "" {
+			bad("onnx.tokenizer", "is required for kind onnx (the model's tokenizer.json)")
+		}
+		switch m.ONNX.Pooling {
+		case "mean", "cls", "none":
+		default:
+			bad("onnx.pooling", "%q is not one of mean, cls, none", m.ONNX.Pooling)
+		}
+		if m.ONNX.MaxTokens < 2 {
+			bad("onnx.max_tokens", "%d must be at least 2", m.ONNX.MaxTokens)
+		}
+	default:
+		bad("kind", "%q is not one of use-lite, onnx", m.Kind)
+	}
+	if m.Path == "" {
+		bad("path", "is required for kind %s", m.Kind)
+	}
+	positive := func(key string, v int) {
+		if v < 1 {
+			bad(key, "%d must be at least 1", v)
+		}
+	}
+	positive("max_batch_size", m.MaxBatchSize)
+	positive("max_batch_tokens", m.MaxBatchTokens)
+	positive("queue_size", m.QueueSize)
+	positive("workers", m.Workers)
+	positive("priority_levels", m.PriorityLevels)
+	positive("max_inputs", m.MaxInputs)
+	positive("max_input_chars", m.MaxInputChars)
+	if m.MaxQueueDelay != nil && *m.MaxQueueDelay < 0 {
+		bad("max_queue_delay", "%s must not be negative", *m.MaxQueueDelay)
+	}
+	if m.Timeout < 0 {
+		bad("timeout", "%s must not be negative", m.Timeout)
+	}
+	if m.Timeout > 0 && m.Timeout < time.Millisecond {
+		bad("timeout", "%s is below 1ms (a duration needs a unit, e.g. 30s)", m.Timeout)
+	}
+	if m.DefaultPriority != nil && (*m.DefaultPriority < 0 || *m.DefaultPriority >= m.PriorityLevels) {
+		bad("default_priority", "%d is outside 0..%d (priority_levels %d)", *m.DefaultPriority, m.PriorityLevels-1, m.PriorityLevels)
+	}
+	return errors.Join(errs...)
 }
