@@ -11,6 +11,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/infergate/infergate/extproc/cache"
+	"github.com/infergate/infergate/policy"
 )
 
 // sseTail is how much of the end of an event stream is kept to find the
@@ -162,8 +163,10 @@ func (st *stream) responseComplete() string {
 		return st.cacheStatus(false)
 	}
 	st.s.metrics.stores.WithLabelValues(p.Route, "stored").Inc()
-	for _, stage := range st.s.stages {
-		stage.Store(st.ctx, st.query, e)
+	if p.Cache == policy.CacheSemantic {
+		for _, stage := range st.s.stages {
+			stage.Store(st.ctx, st.query, e)
+		}
 	}
 	st.finishFlight(e)
 	return st.cacheStatus(true)

@@ -13,11 +13,18 @@ import (
 // response the exact cache stores, so it can index it too. Stages run only
 // on routes whose policy cache mode is "semantic".
 type Stage interface {
-	// Lookup returns a stored response that answers q, if any. detail is
-	// added to the hit's Cache-Status (for example `detail="semantic"`).
-	Lookup(ctx context.Context, q *Query) (e *cache.Entry, detail string, ok bool)
+	// Lookup returns a stored response that answers q, if any.
+	Lookup(ctx context.Context, q *Query) (StageHit, bool)
 	// Store is handed each response the exact cache stored for q.
 	Store(ctx context.Context, q *Query, e *cache.Entry)
+}
+
+// StageHit is a stage's answer.
+type StageHit struct {
+	Entry *cache.Entry
+	// Header is set on the replay after the stored headers; a stage names
+	// its own hits here (Cache-Status with a detail, a similarity score).
+	Header []cache.Header
 }
 
 // Query is what a Stage knows of the request.

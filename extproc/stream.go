@@ -384,13 +384,13 @@ func (st *stream) requestComplete(end requestEnd) error {
 	st.s.metrics.lookupSeconds.WithLabelValues("miss").Observe(time.Since(start).Seconds())
 	if p.Cache == policy.CacheSemantic {
 		for _, stage := range st.s.stages {
-			if e, detail, ok := stage.Lookup(st.ctx, st.query); ok {
+			if hit, ok := stage.Lookup(st.ctx, st.query); ok {
 				st.s.metrics.lookups.WithLabelValues(route, "hit").Inc()
-				params := []string{"hit", ttlParam(e.Remaining(time.Now()))}
-				if detail != "" {
-					params = append(params, detail)
+				status := cacheStatus("hit")
+				if !hit.Entry.StoredAt.IsZero() {
+					status = cacheStatus("hit", ttlParam(hit.Entry.Remaining(time.Now())))
 				}
-				return st.serveEntry(e, cacheStatus(params...))
+				return st.serveEntry(hit.Entry, status, hit.Header...)
 			}
 		}
 	}
@@ -413,16 +413,22 @@ func (st *stream) requestComplete(end requestEnd) error {
 	return answer()
 }
 
-// serveEntry answers the request from a stored response.
-func (st *stream) serveEntry(e *cache.Entry, cacheStatusValue string) error {
+// serveEntry answers the request from a stored response; extra headers
+// (from a Stage) come last and win.
+func (st *stream) serveEntry(e *cache.Entry, cacheStatusValue string, extra ...cache.Header) error {
 	st.phase = finished
 	m := &mutation{}
 	for _, h := range e.Header {
 		m.add(h.Name, h.Value)
 	}
 	m.add(headerCacheStatus, cacheStatusValue)
-	m.add(headerAge, strconv.FormatInt(e.Age(time.Now()), 10))
+	if !e.StoredAt.IsZero() {
+		m.add(headerAge, strconv.FormatInt(e.Age(time.Now()), 10))
+	}
 	limitHeaders(m, st.checks)
+	for _, h := range extra {
+		m.add(h.Name, h.Value)
+	}
 	return st.send(immediate(e.Status, m, e.Body, "infergate_cache_hit"))
 }
 
