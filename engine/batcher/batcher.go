@@ -195,7 +195,14 @@ func (b *Batcher) submit(ctx context.Context, items [][]int32, priority int) (*r
 	b.accepted++
 	b.metrics.setDepth(b.depth)
 	b.mu.Unlock()
-	r.stopWatch = context.AfterFunc(ctx, func() { b.finish(r, ctx.Err()) })
+	stop := context.AfterFunc(ctx, func() { b.finish(r, ctx.Err()) })
+	b.mu.Lock()
+	if r.finished {
+		stop()
+	} else {
+		r.stopWatch = stop
+	}
+	b.mu.Unlock()
 	b.wake()
 	return r, nil
 }
