@@ -105,7 +105,7 @@ type configView struct {
 	Source        string     `yaml:"source"`
 	At            time.Time  `yaml:"at"`
 	Config        routingDoc `yaml:"config"`
-	LastRejection *Rejection `yaml:"last_rejection,omitempty"`
+	LastRejection *rejection `yaml:"last_rejection,omitempty"`
 }
 
 func (s *Server) getConfig(w http.ResponseWriter, _ *http.Request) {
@@ -272,11 +272,11 @@ func (s *Server) getVersions(w http.ResponseWriter, _ *http.Request) {
 	ops.WriteJSON(w, http.StatusOK, map[string]any{"versions": out})
 }
 
-// revision finds a kept version; the status says why not.
-func (s *Server) revision(r *http.Request) (Revision, int, error) {
+// findRevision finds a kept version; the status says why not.
+func (s *Server) findRevision(r *http.Request) (revision, int, error) {
 	v, err := strconv.Atoi(r.PathValue("version"))
 	if err != nil {
-		return Revision{}, http.StatusBadRequest, fmt.Errorf("version %q is not a number", r.PathValue("version"))
+		return revision{}, http.StatusBadRequest, fmt.Errorf("version %q is not a number", r.PathValue("version"))
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -285,11 +285,11 @@ func (s *Server) revision(r *http.Request) (Revision, int, error) {
 			return h, 0, nil
 		}
 	}
-	return Revision{}, http.StatusNotFound, fmt.Errorf("version %d is not in the history (the last %d versions are kept)", v, s.cfg.XDS.History)
+	return revision{}, http.StatusNotFound, fmt.Errorf("version %d is not in the history (the last %d versions are kept)", v, s.cfg.XDS.History)
 }
 
 func (s *Server) getVersion(w http.ResponseWriter, r *http.Request) {
-	h, status, err := s.revision(r)
+	h, status, err := s.findRevision(r)
 	if err != nil {
 		ops.WriteError(w, status, err.Error())
 		return
@@ -300,7 +300,7 @@ func (s *Server) getVersion(w http.ResponseWriter, r *http.Request) {
 // rollback re-applies a kept version as a new version, so that history
 // only ever grows and every node sees a change.
 func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
-	h, status, err := s.revision(r)
+	h, status, err := s.findRevision(r)
 	if err != nil {
 		ops.WriteError(w, status, err.Error())
 		return

@@ -164,7 +164,7 @@ func TestBadConfigIsRefusedWhileClientsKeepLastGoodRoutes(t *testing.T) {
 	writeFile(t, s.path, twoPools(a, b, "pool: nope"))
 	var view struct {
 		Version       int
-		LastRejection *Rejection `json:"last_rejection"`
+		LastRejection *rejection `json:"last_rejection"`
 	}
 	eventually(t, "file change refused", func() error {
 		adminDo(t, s, "GET", "/v1/config", "", &view)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -262,4 +263,31 @@ func parseYAML(data []byte) ([]proto.Message, error) {
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+// A policy changed over the admin API reaches Envoy inside the route, as
+// the ext_proc server will decode it; a policy still in use cannot go.
+func TestPolicyChangeReachesTheRoute(t *testing.T) {
+	s := startServer(t, twoPools("127.0.0.1:9001", "127.0.0.1:9002", "pool: a"))
+	if code := adminDo(t, s, "PUT", "/v1/policies/chat", `{"cache": "semantic", "ttl": "90s", "semantic_threshold": 0.9, "tenant_header": "x-team", "token_budget": 5000, "priority": 8}`, nil); code != 200 {
+		t.Fatalf("PUT policy: %d", code)
+	}
+	if code := adminDo(t, s, "PUT", "/v1/listeners/ingress/routes/main", `{"pool": "a", "policy": "chat"}`, nil); code != 200 {
+		t.Fatalf("PUT route: %d", code)
+	}
+	ads := dialADS(t, s.ADSAddr(), "policy-envoy")
+	_, rs := ads.fetch(resourcev3.RouteType, "ingress")
+	p := routePolicy(t, rs[0].(*routev3.RouteConfiguration).GetVirtualHosts()[0].GetRoutes()[0])
+	if p.Route != "main" || p.Cache != "semantic" || p.TTL != 90*time.Second || p.SemanticThreshold != 0.9 ||
+		p.TenantHeader != "x-team" || p.TokenBudget != 5000 || p.TokenWindow != time.Minute || p.Priority != 8 {
+		t.Errorf("policy on the route: %+v", p)
+	}
+
+	var e struct{ Error string }
+	if code := adminDo(t, s, "DELETE", "/v1/policies/chat", "", &e); code != 422 || !strings.Contains(e.Error, `no policy named "chat"`) {
+		t.Errorf("deleting a policy in use: %d %q", code, e.Error)
+	}
+	if code := adminDo(t, s, "PUT", "/v1/policies/fast", `{"priority": 42}`, &e); code != 422 || !strings.Contains(e.Error, "xds.policies.fast.priority: 42 is not in 1..9") {
+		t.Errorf("bad policy: %d %q", code, e.Error)
+	}
 }

@@ -28,8 +28,8 @@ import (
 	"github.com/infergate/infergate/internal/ops"
 )
 
-// Revision is one accepted version of the routing model.
-type Revision struct {
+// revision is one accepted version of the routing model.
+type revision struct {
 	Version int       `json:"version"`
 	Source  string    `json:"source"`
 	At      time.Time `json:"at"`
@@ -38,8 +38,8 @@ type Revision struct {
 	routing config.XDS // the routing part of the model
 }
 
-// Rejection is the last refused change.
-type Rejection struct {
+// rejection is the last refused change.
+type rejection struct {
 	Source string    `json:"source"`
 	At     time.Time `json:"at"`
 	Error  string    `json:"error"`
@@ -62,8 +62,8 @@ type Server struct {
 	model         model
 	res           *resources
 	version       int
-	history       []Revision
-	lastRejection *Rejection
+	history       []revision
+	lastRejection *rejection
 
 	grpcLn, adminLn net.Listener
 	grpc            *grpc.Server
@@ -219,9 +219,9 @@ func (s *Server) applyDescribed(m model, source, note string, describe func(erro
 	s.pub.publish(res)
 	s.model, s.res = m, res
 	s.version++
-	s.history = append(s.history, Revision{Version: s.version, Source: source, At: time.Now(), Note: note, routing: m.routing})
+	s.history = append(s.history, revision{Version: s.version, Source: source, At: time.Now(), Note: note, routing: m.routing})
 	if max := s.cfg.XDS.History; len(s.history) > max {
-		s.history = append([]Revision(nil), s.history[len(s.history)-max:]...)
+		s.history = append([]revision(nil), s.history[len(s.history)-max:]...)
 	}
 	s.m.buildSeconds.Observe(time.Since(start).Seconds())
 	s.m.configVersion.Set(float64(s.version))
@@ -231,7 +231,7 @@ func (s *Server) applyDescribed(m model, source, note string, describe func(erro
 
 func (s *Server) rejectLocked(source string, err error) error {
 	s.m.rejections.WithLabelValues(source).Inc()
-	s.lastRejection = &Rejection{Source: source, At: time.Now(), Error: err.Error()}
+	s.lastRejection = &rejection{Source: source, At: time.Now(), Error: err.Error()}
 	s.log.Warn("config refused; the last good config keeps serving", "source", source, "version", s.version, "error", err)
 	return err
 }

@@ -124,11 +124,13 @@ type streamState struct {
 // and keeps per node and type what was sent, accepted and rejected.
 type tracker struct {
 	m *metrics
-	// firstSeen runs (outside the lock) when a node opens its first
-	// stream, so that its snapshot exists before its first watch.
+	// firstSeen runs when a node opens its first stream, so that its
+	// snapshot exists before its first watch; gone runs when its last
+	// stream closes. Both run under mu, so that a node reconnecting while
+	// its old stream closes cannot have its new snapshot cleared. (Lock
+	// order: tracker, then publisher, then snapshot cache.)
 	firstSeen func(key string, node *corev3.Node)
-	// gone runs when a node's last stream closes.
-	gone func(key string)
+	gone      func(key string)
 
 	mu      sync.Mutex
 	streams map[int64]*streamState
@@ -174,13 +176,13 @@ func (t *tracker) OnStreamDeltaResponse(id int64, req *discoveryv3.DeltaDiscover
 
 func (t *tracker) request(id int64, node *corev3.Node, delta bool, typeURL, nonce, errText string, nack bool) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	st, ok := t.streams[id]
 	var newNode *corev3.Node
 	if !ok {
 		if node == nil {
 			// Only the first request must carry the node; a stream that
 			// starts without one is answered by the server with an error.
-			t.mu.Unlock()
 			return
 		}
 		st = &streamState{key: nodeKey(node), node: node, sent: map[string]sent{}, delta: delta}
@@ -212,10 +214,8 @@ func (t *tracker) request(id int64, node *corev3.Node, delta bool, typeURL, nonc
 			t.setStatusMetric(st.key, typeURL, ts)
 		}
 	}
-	key := st.key
-	t.mu.Unlock()
 	if newNode != nil && t.firstSeen != nil {
-		t.firstSeen(key, newNode)
+		t.firstSeen(st.key, newNode)
 	}
 }
 
@@ -243,9 +243,9 @@ func (t *tracker) response(id int64, typeURL, nonce, version string) {
 
 func (t *tracker) closed(id int64) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	st, ok := t.streams[id]
 	if !ok {
-		t.mu.Unlock()
 		return
 	}
 	delete(t.streams, id)
@@ -261,7 +261,6 @@ func (t *tracker) closed(id int64) {
 			}
 		}
 	}
-	t.mu.Unlock()
 	if last && t.gone != nil {
 		t.gone(st.key)
 	}
