@@ -2,6 +2,7 @@ package harness
 
 import (
 	"fmt"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"io"
 	"net/http"
 	"strconv"
@@ -112,15 +113,11 @@ type chunkItem struct {
 	err  error
 }
 
-// streamedBody is STREAMED mode. As in Envoy, each chunk is sent as soon as
-// it is read, without waiting for the answers to earlier chunks; answers
-// come back one per chunk, in order, and each processed chunk is passed on
-// when its answer arrives. The message timer restarts on every send and
-// stops on every answer.
-func (f *filter) streamedBody(d *direction, in *message, out emitter, readTrailers func(), trailers **headerMap) error {
+// readChunks reads in.body on its own goroutine, one item per read, so a
+// body keeps flowing while answers are awaited. The last item has end set;
+// readTrailers runs before it is delivered.
+func readChunks(in *message, readTrailers func(), stop <-chan struct{}) <-chan chunkItem {
 	items := make(chan chunkItem)
-	stop := make(chan struct{})
-	defer close(stop)
 	go func() {
 		remaining := in.length
 		for {
@@ -149,6 +146,18 @@ func (f *filter) streamedBody(d *direction, in *message, out emitter, readTraile
 			}
 		}
 	}()
+	return items
+}
+
+// streamedBody is STREAMED mode. As in Envoy, each chunk is sent as soon as
+// it is read, without waiting for the answers to earlier chunks; answers
+// come back one per chunk, in order, and each processed chunk is passed on
+// when its answer arrives. The message timer restarts on every send and
+// stops on every answer.
+func (f *filter) streamedBody(d *direction, in *message, out emitter, readTrailers func(), trailers **headerMap) error {
+	stop := make(chan struct{})
+	defer close(stop)
+	items := readChunks(in, readTrailers, stop)
 
 	emit := func(p []byte) error {
 		if len(p) == 0 {
@@ -267,6 +276,36 @@ func (f *filter) overLimit(d *direction) error {
 	f.closeStream(true)
 	return &localReply{status: http.StatusInternalServerError, body: []byte("Internal Server Error"),
 		details: "response_payload_too_large"}
+}
+
+func headersRequest(d *direction, h *corev3.HeaderMap, eos bool) *extprocv3.ProcessingRequest {
+	hh := &extprocv3.HttpHeaders{Headers: h, EndOfStream: eos}
+	if d.request {
+		return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: hh}}
+	}
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: hh}}
+}
+
+func trailersRequest(d *direction, h *corev3.HeaderMap) *extprocv3.ProcessingRequest {
+	t := &extprocv3.HttpTrailers{Trailers: h}
+	if d.request {
+		return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestTrailers{RequestTrailers: t}}
+	}
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseTrailers{ResponseTrailers: t}}
+}
+
+func headersCommon(d *direction, resp *extprocv3.ProcessingResponse) *extprocv3.CommonResponse {
+	if d.request {
+		return resp.GetRequestHeaders().GetResponse()
+	}
+	return resp.GetResponseHeaders().GetResponse()
+}
+
+func trailersMutation(d *direction, resp *extprocv3.ProcessingResponse) *extprocv3.HeaderMutation {
+	if d.request {
+		return resp.GetRequestTrailers().GetHeaderMutation()
+	}
+	return resp.GetResponseTrailers().GetHeaderMutation()
 }
 
 func bodyRequest(d *direction, body []byte, eos bool) *extprocv3.ProcessingRequest {

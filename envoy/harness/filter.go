@@ -174,29 +174,33 @@ func (f *filter) runDirection(d *direction, in *message, out emitter) error {
 	var replacement []byte
 	replaced := false
 
-	if d.sendHeaders && !f.complete {
-		req := &extprocv3.HttpHeaders{Headers: hdrs.proto(f.h.forward), EndOfStream: noBody}
-		pr := &extprocv3.ProcessingRequest{}
-		if d.request {
-			pr.Request = &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: req}
-		} else {
-			pr.Request = &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: req}
+	var trailers *headerMap
+	readTrailers := func() {
+		if in.trailers == nil {
+			return
 		}
-		sent, err := f.send(d, pr)
+		if t := in.trailers(); len(t) > 0 {
+			trailers = &headerMap{}
+			trailers.appendHTTPHeader(t)
+		}
+	}
+
+	if d.sendHeaders && !f.complete {
+		sent, err := f.send(d, headersRequest(d, hdrs.proto(f.h.forward), noBody))
 		if err != nil {
 			return err
 		}
 		f.dropContentLength(d, hdrs)
+		if sent && f.duplex(d) {
+			return f.fullDuplex(d, in, out, true, readTrailers, &trailers)
+		}
 		if sent {
 			resp, err := f.await(d, kindHeaders)
 			if err != nil {
 				return err
 			}
 			if resp != nil {
-				cr := resp.GetRequestHeaders().GetResponse()
-				if !d.request {
-					cr = resp.GetResponseHeaders().GetResponse()
-				}
+				cr := headersCommon(d, resp)
 				replacing := cr.GetStatus() == extprocv3.CommonResponse_CONTINUE_AND_REPLACE
 				if err := f.applyHeaderMutation(cr.GetHeaderMutation(), hdrs, replacing); err != nil {
 					return err
@@ -216,16 +220,8 @@ func (f *filter) runDirection(d *direction, in *message, out emitter) error {
 	} else {
 		f.dropContentLength(d, hdrs)
 	}
-
-	var trailers *headerMap
-	readTrailers := func() {
-		if in.trailers == nil {
-			return
-		}
-		if t := in.trailers(); len(t) > 0 {
-			trailers = &headerMap{}
-			trailers.appendHTTPHeader(t)
-		}
+	if !noBody && f.duplex(d) {
+		return f.fullDuplex(d, in, out, false, readTrailers, &trailers)
 	}
 
 	mode := d.bodyMode
@@ -281,14 +277,7 @@ func (f *filter) runDirection(d *direction, in *message, out emitter) error {
 		return nil
 	}
 	if d.sendTrailers && !f.complete {
-		tr := &extprocv3.HttpTrailers{Trailers: trailers.proto(f.h.forward)}
-		pr := &extprocv3.ProcessingRequest{}
-		if d.request {
-			pr.Request = &extprocv3.ProcessingRequest_RequestTrailers{RequestTrailers: tr}
-		} else {
-			pr.Request = &extprocv3.ProcessingRequest_ResponseTrailers{ResponseTrailers: tr}
-		}
-		sent, err := f.send(d, pr)
+		sent, err := f.send(d, trailersRequest(d, trailers.proto(f.h.forward)))
 		if err != nil {
 			return err
 		}
@@ -298,11 +287,7 @@ func (f *filter) runDirection(d *direction, in *message, out emitter) error {
 				return err
 			}
 			if resp != nil {
-				mut := resp.GetRequestTrailers().GetHeaderMutation()
-				if !d.request {
-					mut = resp.GetResponseTrailers().GetHeaderMutation()
-				}
-				if err := f.applyHeaderMutation(mut, trailers, false); err != nil {
+				if err := f.applyHeaderMutation(trailersMutation(d, resp), trailers, false); err != nil {
 					return err
 				}
 			}

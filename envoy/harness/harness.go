@@ -250,26 +250,22 @@ func (h *Harness) Handler() http.Handler {
 }
 
 // supported refuses the options whose Envoy behaviour the harness does not
-// reproduce, so a test cannot pass against behaviour Envoy would not have.
+// reproduce, so a test cannot pass against behaviour Envoy would not have,
+// and the FULL_DUPLEX_STREAMED configs Envoy itself rejects.
 func supported(filter *extprocfilterv3.ExternalProcessor, perRoute *extprocfilterv3.ExtProcPerRoute) error {
 	if filter.GetSendBodyWithoutWaitingForHeaderResponse() {
 		return errors.New("harness: send_body_without_waiting_for_header_response is not supported")
 	}
 	for _, m := range []*extprocfilterv3.ProcessingMode{filter.GetProcessingMode(), perRoute.GetOverrides().GetProcessingMode()} {
-		if !supportedBodyModes(m) {
-			return errors.New("harness: body modes FULL_DUPLEX_STREAMED and GRPC are not supported")
+		if m.GetRequestBodyMode() == extprocfilterv3.ProcessingMode_GRPC || m.GetResponseBodyMode() == extprocfilterv3.ProcessingMode_GRPC {
+			return errors.New("harness: body mode GRPC is not supported")
+		}
+		if m.GetRequestBodyMode() == extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED && m.GetRequestTrailerMode() != extprocfilterv3.ProcessingMode_SEND ||
+			m.GetResponseBodyMode() == extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED && m.GetResponseTrailerMode() != extprocfilterv3.ProcessingMode_SEND {
+			return errors.New("harness: FULL_DUPLEX_STREAMED needs the trailer mode of its direction set to SEND")
 		}
 	}
 	return nil
-}
-
-func supportedBodyModes(m *extprocfilterv3.ProcessingMode) bool {
-	for _, b := range []extprocfilterv3.ProcessingMode_BodySendMode{m.GetRequestBodyMode(), m.GetResponseBodyMode()} {
-		if b == extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED || b == extprocfilterv3.ProcessingMode_GRPC {
-			return false
-		}
-	}
-	return true
 }
 
 // modes resolves the processing mode Envoy starts the request with: the

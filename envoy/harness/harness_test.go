@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,20 +40,27 @@ const (
 
 // echoUpstream answers with the request body, the request's method and path
 // in headers, and x-upstream: yes.
-func echoUpstream(t *testing.T) (*httptest.Server, *[]*http.Request) {
+func echoUpstream(t *testing.T) (*httptest.Server, func() []*http.Request) {
 	t.Helper()
+	var mu sync.Mutex
 	var seen []*http.Request
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		r.Body = io.NopCloser(bytes.NewReader(body))
+		mu.Lock()
 		seen = append(seen, r)
+		mu.Unlock()
 		w.Header().Set("X-Upstream", "yes")
 		w.Header().Set("X-Upstream-Path", r.URL.RequestURI())
 		w.Header().Set("Content-Type", "text/plain")
 		w.Write(body)
 	}))
 	t.Cleanup(srv.Close)
-	return srv, &seen
+	return srv, func() []*http.Request {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]*http.Request(nil), seen...)
+	}
 }
 
 func staticUpstream(t *testing.T, body string) *httptest.Server {
@@ -314,7 +322,7 @@ func TestBufferedRequestOverLimitIs413WithoutUpstream(t *testing.T) {
 		Filter: &extprocfilterv3.ExternalProcessor{ProcessingMode: mode(send, send, buffered, none, skip, skip)}})
 	res := do(t, h, "POST", "/", strings.Repeat("x", 2048), nil)
 	eq(t, "status", res.Status, 413)
-	eq(t, "upstream calls", len(*seen), 0)
+	eq(t, "upstream calls", len(seen()), 0)
 	if res.Upstream != nil {
 		t.Error("request went upstream")
 	}
@@ -637,14 +645,14 @@ func TestImmediateResponseIsALocalReply(t *testing.T) {
 			if tc.grpcClient {
 				hdr.Set("Content-Type", "application/grpc")
 			}
-			before := len(*seen)
+			before := len(seen())
 			res := do(t, h, "GET", "/", "", hdr)
 			eq(t, "status", res.Status, tc.status)
 			eq(t, "body", string(res.Body), tc.body)
 			if tc.header[0] != "" {
 				eq(t, tc.header[0], res.Header.Get(tc.header[0]), tc.header[1])
 			}
-			eq(t, "upstream calls", len(*seen)-before, 0)
+			eq(t, "upstream calls", len(seen())-before, 0)
 			if tc.grpcClient {
 				eq(t, "grpc-message", res.Header.Get("Grpc-Message"), "no way")
 			}
@@ -898,8 +906,8 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 
 func TestNewRefusesBehaviourTheHarnessDoesNotReproduce(t *testing.T) {
 	cases := map[string]*extprocfilterv3.ExternalProcessor{
-		"full duplex": {ProcessingMode: mode(send, send, extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED, none, send, skip)},
-		"grpc body":   {ProcessingMode: mode(send, send, none, extprocfilterv3.ProcessingMode_GRPC, skip, skip)},
+		"full duplex without trailers SEND": {ProcessingMode: mode(send, send, extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED, none, skip, skip)},
+		"grpc body":                         {ProcessingMode: mode(send, send, none, extprocfilterv3.ProcessingMode_GRPC, skip, skip)},
 		"send body without waiting": {SendBodyWithoutWaitingForHeaderResponse: true,
 			ProcessingMode: mode(send, send, streamed, none, skip, skip)},
 	}
@@ -1045,4 +1053,112 @@ func TestUpstreamUnreachableIs503ThroughResponsePhase(t *testing.T) {
 	eq(t, "messages", strings.Join(kinds(res), ","), "request_headers,response_headers")
 	st, _ := harnesstest.Header(res.Sent()[1], ":status")
 	eq(t, "processor saw", st, "503")
+}
+
+const duplex = extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED
+
+func streamedBody(req *extprocv3.ProcessingRequest, body string, end bool) *extprocv3.ProcessingResponse {
+	return harnesstest.Reply(req, &extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{
+		Mutation: &extprocv3.BodyMutation_StreamedResponse{StreamedResponse: &extprocv3.StreamedBodyResponse{
+			Body: []byte(body), EndOfStream: end}}}})
+}
+
+func TestFullDuplexSendsBodyWithoutWaitingAndTakesAnyNumberOfChunks(t *testing.T) {
+	up := staticUpstream(t, "hello full duplex")
+	// The processor holds the headers answer until it has the whole body,
+	// then re-chunks the body into two answers.
+	srv := harnesstest.Start(t, func(s *harnesstest.Stream) error {
+		var headers *extprocv3.ProcessingRequest
+		var body []byte
+		for {
+			req, err := s.Recv()
+			if err != nil {
+				return nil
+			}
+			switch {
+			case req.GetRequestHeaders() != nil:
+				s.Send(harnesstest.Continue(req))
+			case req.GetResponseHeaders() != nil:
+				headers = req
+			case req.GetResponseBody() != nil:
+				body = append(body, req.GetResponseBody().GetBody()...)
+				if !req.GetResponseBody().GetEndOfStream() {
+					continue
+				}
+				s.Send(harnesstest.Reply(headers, &extprocv3.CommonResponse{HeaderMutation: setHeader("x-rechunked", "2")}))
+				up := bytes.ToUpper(body)
+				s.Send(streamedBody(req, string(up[:5]), false))
+				s.Send(streamedBody(req, string(up[5:]), true))
+			}
+		}
+	})
+	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL,
+		Filter: &extprocfilterv3.ExternalProcessor{ProcessingMode: mode(send, send, none, duplex, skip, send)}})
+	res := do(t, h, "GET", "/", "", nil)
+	eq(t, "status", res.Status, 200)
+	eq(t, "header", res.Header.Get("X-Rechunked"), "2")
+	eq(t, "body", string(res.Body), "HELLO FULL DUPLEX")
+	eq(t, "client writes", len(res.Chunks), 2)
+	eq(t, "content-length dropped", res.Header.Get("Content-Length"), "")
+}
+
+func TestFullDuplexRequestWithTrailers(t *testing.T) {
+	up, seen := echoUpstream(t)
+	srv := harnesstest.Start(t, harnesstest.Loop(func(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+		switch {
+		case req.GetRequestBody() != nil:
+			// No end_of_stream: trailers follow.
+			return streamedBody(req, "<"+string(req.GetRequestBody().GetBody())+">", false)
+		case req.GetRequestTrailers() != nil:
+			return harnesstest.Reply(req, &extprocv3.CommonResponse{HeaderMutation: setHeader("x-trailer-seen", "yes")})
+		}
+		return harnesstest.Continue(req)
+	}))
+	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL,
+		Filter: &extprocfilterv3.ExternalProcessor{ProcessingMode: mode(send, skip, duplex, none, send, skip)}})
+	req, _ := http.NewRequest("POST", "http://svc.local/", strings.NewReader("data"))
+	req.Trailer = http.Header{"X-Sum": {"1"}}
+	res, err := h.Do(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "status", res.Status, 200)
+	eq(t, "messages", strings.Join(kinds(res), ","), "request_headers,request_body,request_trailers")
+	eq(t, "body end_of_stream", res.Sent()[1].GetRequestBody().GetEndOfStream(), false)
+	eq(t, "upstream body", string(res.Upstream.Body), "<data>")
+	eq(t, "upstream trailer", seen()[0].Trailer.Get("X-Trailer-Seen"), "yes")
+}
+
+func TestFullDuplexAcceptsOnlyStreamedResponseAndIgnoresFailureModeAllowAfterBody(t *testing.T) {
+	up, _ := echoUpstream(t)
+	srv := harnesstest.Start(t, harnesstest.Loop(func(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+		if req.GetRequestBody() != nil {
+			return harnesstest.Reply(req, &extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{
+				Mutation: &extprocv3.BodyMutation_Body{Body: []byte("not streamed")}}})
+		}
+		return harnesstest.Continue(req)
+	}))
+	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL,
+		Filter: &extprocfilterv3.ExternalProcessor{FailureModeAllow: true,
+			ProcessingMode: mode(send, skip, duplex, none, send, skip)}})
+	res := do(t, h, "POST", "/", "data", nil)
+	eq(t, "status", res.Status, 500)
+	eq(t, "went upstream", res.Upstream != nil, false)
+}
+
+func TestFullDuplexHasNoMessageTimeout(t *testing.T) {
+	up, _ := echoUpstream(t)
+	srv := harnesstest.Start(t, harnesstest.Loop(func(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+		if b := req.GetRequestBody(); b != nil {
+			time.Sleep(150 * time.Millisecond)
+			return streamedBody(req, string(b.GetBody()), b.GetEndOfStream())
+		}
+		return harnesstest.Continue(req)
+	}))
+	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL,
+		Filter: &extprocfilterv3.ExternalProcessor{MessageTimeout: durationpb.New(20 * time.Millisecond),
+			ProcessingMode: mode(send, skip, duplex, none, send, skip)}})
+	res := do(t, h, "POST", "/", "slow", nil)
+	eq(t, "status", res.Status, 200)
+	eq(t, "upstream body", string(res.Upstream.Body), "slow")
 }

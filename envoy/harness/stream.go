@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -148,7 +149,7 @@ func (f *filter) await(d *direction, want msgKind) (*extprocv3.ProcessingRespons
 // is false when the message only moved the timer and the answer is still
 // to come; otherwise resp is the answer, or nil when processing is over
 // (the rest passes unprocessed) or err is a local reply.
-func (f *filter) receive(r recvResult, d *direction, want msgKind) (resp *extprocv3.ProcessingResponse, done bool, err error) {
+func (f *filter) receive(r recvResult, d *direction, wants ...msgKind) (resp *extprocv3.ProcessingResponse, done bool, err error) {
 	f.timerArmed = false
 	if r.err == io.EOF {
 		// The server closed the stream with OK: the rest of the request
@@ -166,7 +167,7 @@ func (f *filter) receive(r recvResult, d *direction, want msgKind) (resp *extpro
 		f.overrideTimeout(t)
 		return nil, false, nil
 	}
-	if want == kindHeaders && resp.GetModeOverride() != nil && f.modeOverrideAllowed(resp.GetModeOverride()) {
+	if slices.Contains(wants, kindHeaders) && resp.GetModeOverride() != nil && f.modeOverrideAllowed(resp.GetModeOverride()) {
 		f.dec.setMode(resp.GetModeOverride())
 		f.enc.setMode(resp.GetModeOverride())
 	}
@@ -178,32 +179,37 @@ func (f *filter) receive(r recvResult, d *direction, want msgKind) (resp *extpro
 		f.closeStream(true)
 		return nil, true, immediateReply(ir)
 	}
-	if !answers(resp, d, want) {
+	if !answers(resp, d, wants) {
 		return nil, true, f.grpcFailed("ext_proc_error_spurious_message")
 	}
 	return resp, true, nil
 }
 
-func answers(resp *extprocv3.ProcessingResponse, d *direction, want msgKind) bool {
+func answers(resp *extprocv3.ProcessingResponse, d *direction, wants []msgKind) bool {
+	var request bool
+	var kind msgKind
 	switch resp.GetResponse().(type) {
 	case *extprocv3.ProcessingResponse_RequestHeaders:
-		return d.request && want == kindHeaders
+		request, kind = true, kindHeaders
 	case *extprocv3.ProcessingResponse_RequestBody:
-		return d.request && want == kindBody
+		request, kind = true, kindBody
 	case *extprocv3.ProcessingResponse_RequestTrailers:
-		return d.request && want == kindTrailers
+		request, kind = true, kindTrailers
 	case *extprocv3.ProcessingResponse_ResponseHeaders:
-		return !d.request && want == kindHeaders
+		kind = kindHeaders
 	case *extprocv3.ProcessingResponse_ResponseBody:
-		return !d.request && want == kindBody
+		kind = kindBody
 	case *extprocv3.ProcessingResponse_ResponseTrailers:
-		return !d.request && want == kindTrailers
+		kind = kindTrailers
+	default:
+		return false
 	}
-	return false
+	return request == d.request && slices.Contains(wants, kind)
 }
 
 // modeOverrideAllowed: only with allow_mode_override, never when body is
-// sent without waiting, and only modes in
+// sent without waiting or either direction runs FULL_DUPLEX_STREAMED, never
+// into FULL_DUPLEX_STREAMED or GRPC, and only modes in
 // allowed_override_modes when that list is set (request_header_mode is not
 // compared).
 func (f *filter) modeOverrideAllowed(m *extprocfilterv3.ProcessingMode) bool {
@@ -211,9 +217,11 @@ func (f *filter) modeOverrideAllowed(m *extprocfilterv3.ProcessingMode) bool {
 	if !cfg.GetAllowModeOverride() || cfg.GetSendBodyWithoutWaitingForHeaderResponse() {
 		return false
 	}
-	if !supportedBodyModes(m) {
-		// FULL_DUPLEX_STREAMED and GRPC are refused in New; an override
-		// into them is ignored rather than run with the wrong behaviour.
+	streaming := func(b extprocfilterv3.ProcessingMode_BodySendMode) bool {
+		return b == extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED || b == extprocfilterv3.ProcessingMode_GRPC
+	}
+	if streaming(f.dec.bodyMode) || streaming(f.enc.bodyMode) ||
+		streaming(m.GetRequestBodyMode()) || streaming(m.GetResponseBodyMode()) {
 		return false
 	}
 	allowed := cfg.GetAllowedOverrideModes()
