@@ -3,7 +3,6 @@ package extproc_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -26,12 +25,17 @@ import (
 // startExtProc runs an ext_proc server on loopback ports until the test ends.
 func startExtProc(t testing.TB, mutate func(*config.ExtProc)) *extproc.Server {
 	t.Helper()
+	return startExtProcWith(t, mutate)
+}
+
+func startExtProcWith(t testing.TB, mutate func(*config.ExtProc), opts ...extproc.Option) *extproc.Server {
+	t.Helper()
 	cfg := config.Default().ExtProc
 	cfg.Listen, cfg.Admin = "127.0.0.1:0", "127.0.0.1:0"
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	srv, err := extproc.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv, err := extproc.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,5 +189,3 @@ func eventually(t testing.TB, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
-var errUpstream = errors.New("upstream failed")
