@@ -355,7 +355,7 @@ func (f *filter) routeCache(d *direction, cr *extprocv3.CommonResponse, headersR
 // attributes evaluates the requested attributes the way Envoy's CEL
 // activation would for the common request and response attributes; the test
 // supplies the others in Config.Attributes.
-func (f *filter) attributes(d *direction, names []string) *structpb.Struct {
+func (f *filter) attributes(names []string) *structpb.Struct {
 	out := &structpb.Struct{Fields: map[string]*structpb.Value{}}
 	for _, name := range names {
 		if v, ok := f.h.cfg.Attributes[name]; ok {

@@ -221,8 +221,9 @@ func (h *Harness) Close() error {
 
 // Do sends req (a client request: URL, Host, Header, Body, Trailer) through
 // the filter and the upstream and returns what the client would see. The
-// error is only for a harness failure (a cancelled ctx); every Envoy outcome,
-// including local replies, is in the Result.
+// error is only for a failure on the client's side (ctx cancelled, request
+// body unreadable); every Envoy outcome, local replies included, is in the
+// Result.
 func (h *Harness) Do(ctx context.Context, req *http.Request) (*Result, error) {
 	rec := &recorder{}
 	res, err := h.serve(ctx, req, rec)

@@ -39,7 +39,7 @@ func (f *filter) send(d *direction, pr *extprocv3.ProcessingRequest) (sent bool,
 	pr.MetadataContext = f.metadataContext()
 	if !d.attrsSent {
 		if names := f.h.attributeNames(d.request); len(names) > 0 {
-			pr.Attributes = map[string]*structpb.Struct{filterName: f.attributes(d, names)}
+			pr.Attributes = map[string]*structpb.Struct{filterName: f.attributes(names)}
 			d.attrsSent = true
 		}
 	}
@@ -81,14 +81,13 @@ func (f *filter) open() error {
 		cancel()
 		return err
 	}
-	f.stream, f.cancel = stream, cancel
-	f.recv = make(chan recvResult, 16)
-	f.recvDone = make(chan struct{})
+	recv, done, observe := make(chan recvResult, 16), make(chan struct{}), f.observe
+	f.stream, f.cancel, f.recv, f.recvDone = stream, cancel, recv, done
 	go func() {
-		defer close(f.recvDone)
+		defer close(done)
 		for {
 			r, err := stream.Recv()
-			if f.observe {
+			if observe {
 				// Envoy ignores answers in observability mode.
 				if err != nil {
 					return
@@ -96,7 +95,7 @@ func (f *filter) open() error {
 				continue
 			}
 			select {
-			case f.recv <- recvResult{r, err}:
+			case recv <- recvResult{r, err}:
 			case <-ctx.Done():
 				return
 			}
