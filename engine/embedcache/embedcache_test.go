@@ -1,0 +1,228 @@
+package embedcache
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/infergate/infergate/engine/model"
+	"github.com/infergate/infergate/engine/model/uselite"
+)
+
+var (
+	encOnce sync.Once
+	enc     *uselite.Encoder
+	encErr  error
+)
+
+// useLite loads the real encoder from models/use-lite (make model). Ops run
+// sequentially: SimpleGo's parallel executor has data races that -race
+// reports (gomlx v0.26.0).
+func useLite(t testing.TB) *uselite.Encoder {
+	t.Helper()
+	encOnce.Do(func() {
+		backend, err := model.NewBackend("simplego:ops_sequential")
+		if err != nil {
+			encErr = err
+			return
+		}
+		enc, encErr = uselite.Load("../../models/use-lite", backend)
+	})
+	if encErr != nil {
+		t.Fatalf("loading USE-Lite (run `make model`): %v", encErr)
+	}
+	return enc
+}
+
+// countingModel runs the real encoder and counts the inputs it embeds.
+type countingModel struct {
+	enc      *uselite.Encoder
+	embedded int
+}
+
+func (m *countingModel) embed(t testing.TB, texts []string) ([][]float32, []int) {
+	t.Helper()
+	batch := make([][]int32, len(texts))
+	tokens := make([]int, len(texts))
+	for i, s := range texts {
+		ids, err := m.enc.Tokenize(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batch[i], tokens[i] = ids, len(ids)
+	}
+	vecs, err := m.enc.Embed(context.Background(), batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.embedded += len(texts)
+	return vecs, tokens
+}
+
+func sentences(n int) []string {
+	subjects := []string{"my order", "the invoice", "a refund", "the password", "my subscription", "the delivery", "the app", "two-factor login"}
+	verbs := []string{"How do I check", "Why can't I find", "When will I get", "Who can help with", "Where do I see"}
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s %s number %d?", verbs[i%len(verbs)], subjects[(i/len(verbs))%len(subjects)], i)
+	}
+	return out
+}
+
+func counter(c prometheus.Counter) float64 {
+	var m dto.Metric
+	_ = c.Write(&m)
+	return m.GetCounter().GetValue()
+}
+
+func TestNinetySeenComputesTenAndMatchesFullComputation(t *testing.T) {
+	m := &countingModel{enc: useLite(t)}
+	inputs := sentences(100)
+	full, _ := m.embed(t, inputs) // the reference: all 100 in one request, no cache
+
+	c, err := New(64<<20, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// an earlier request saw 90 of them, in another order and batch shape
+	seen := rand.New(rand.NewPCG(7, 8)).Perm(100)[:90]
+	earlier := make([]string, len(seen))
+	for i, j := range seen {
+		earlier[i] = inputs[j]
+	}
+	p := c.Split("use-lite", earlier)
+	vecs, tokens := m.embed(t, p.Compute)
+	if _, err := c.Merge(p, vecs, tokens); err != nil {
+		t.Fatal(err)
+	}
+
+	m.embedded = 0
+	hitsBefore := counter(c.hits)
+	p = c.Split("use-lite", inputs)
+	if len(p.Compute) != 10 || p.Cached() != 90 {
+		t.Fatalf("plan computes %d and reuses %d, want 10 and 90", len(p.Compute), p.Cached())
+	}
+	vecs, tokens = m.embed(t, p.Compute)
+	got, err := c.Merge(p, vecs, tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.embedded != 10 {
+		t.Fatalf("model embedded %d inputs, want 10", m.embedded)
+	}
+	if h := counter(c.hits) - hitsBefore; h != 90 {
+		t.Errorf("hits = %v, want 90", h)
+	}
+	// The graph pads each batch to a shape bucket (here 128, 128 and 16
+	// rows); rows never interact, and on SimpleGo the vectors come out
+	// bit-identical whatever the batch shape, so identical is asserted.
+	worst := 0.0
+	for i := range inputs {
+		if len(got[i]) != len(full[i]) {
+			t.Fatalf("input %d: %d dims, want %d", i, len(got[i]), len(full[i]))
+		}
+		for k := range full[i] {
+			worst = math.Max(worst, math.Abs(float64(got[i][k]-full[i][k])))
+		}
+	}
+	t.Logf("largest difference to full computation: %g", worst)
+	if worst != 0 {
+		t.Fatalf("cached response differs from full computation by %g", worst)
+	}
+	if counter(c.savedTokens) == 0 {
+		t.Error("no saved tokens counted")
+	}
+}
+
+func TestRepeatedInputIsComputedOnce(t *testing.T) {
+	c, _ := New(1<<20, prometheus.NewRegistry())
+	p := c.Split("m", []string{"a", "b", "a", "a"})
+	if len(p.Compute) != 2 {
+		t.Fatalf("Compute = %q, want a and b once", p.Compute)
+	}
+	got, err := c.Merge(p, [][]float32{{1}, {2}}, []int{1, 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []float32{1, 2, 1, 1}
+	for i := range want {
+		if got[i][0] != want[i] {
+			t.Fatalf("vectors = %v, want %v", got, want)
+		}
+	}
+	if _, err := c.Merge(c.Split("m", []string{"c"}), nil, nil); err == nil {
+		t.Error("Merge accepted fewer vectors than inputs")
+	}
+}
+
+func TestModelsDoNotShareEntries(t *testing.T) {
+	c, _ := New(1<<20, prometheus.NewRegistry())
+	p := c.Split("m1", []string{"hello"})
+	if _, err := c.Merge(p, [][]float32{{1}}, []int{1}); err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Split("m2", []string{"hello"}); len(p.Compute) != 1 {
+		t.Fatal("another model's embedding was reused")
+	}
+}
+
+func TestMemoryBoundEvictsLeastRecentlyUsed(t *testing.T) {
+	const dim = 64
+	per := int64(len("m\x00t00")+4*dim) + entryOverhead
+	c, _ := New(4*per, prometheus.NewRegistry())
+	vec := make([]float32, dim)
+	put := func(text string) {
+		p := c.Split("m", []string{text})
+		if len(p.Compute) == 1 {
+			if _, err := c.Merge(p, [][]float32{vec}, []int{3}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i := range 4 {
+		put(fmt.Sprintf("t%02d", i))
+	}
+	put("t00") // t00 is now the most recently used
+	put("t04")
+	if c.Bytes() > 4*per || c.Len() != 4 {
+		t.Fatalf("%d entries, %d bytes; bound %d", c.Len(), c.Bytes(), 4*per)
+	}
+	if p := c.Split("m", []string{"t00"}); len(p.Compute) != 0 {
+		t.Error("recently used entry evicted")
+	}
+	if p := c.Split("m", []string{"t01"}); len(p.Compute) != 1 {
+		t.Error("least recently used entry kept")
+	}
+}
+
+// BenchmarkRequest100 measures a 100-input /v1/embeddings request through
+// the cache: cold (nothing seen) against 90 of 100 seen.
+func BenchmarkRequest100(b *testing.B) {
+	m := &countingModel{enc: useLite(b)}
+	inputs := sentences(100)
+	for _, seen := range []int{0, 90} {
+		b.Run(fmt.Sprintf("seen=%d", seen), func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				c, _ := New(64<<20, prometheus.NewRegistry())
+				if seen > 0 {
+					p := c.Split("m", inputs[:seen])
+					v, tok := m.embed(b, p.Compute)
+					_, _ = c.Merge(p, v, tok)
+				}
+				b.StartTimer()
+				p := c.Split("m", inputs)
+				v, tok := m.embed(b, p.Compute)
+				if _, err := c.Merge(p, v, tok); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
