@@ -502,7 +502,14 @@ func TestHeaderMutationsSetAppendRemove(t *testing.T) {
 				SetHeaders: []*corev3.HeaderValueOption{
 					{Header: &corev3.HeaderValue{Key: "x-set", RawValue: []byte("new")}},
 					{Header: &corev3.HeaderValue{Key: "x-multi", RawValue: []byte("b")}, Append: wrapperspb.Bool(true)},
-					{Header: &corev3.HeaderValue{Key: ":path", Value: "/rewritten"}},
+					{Header: &corev3.HeaderValue{Key: ":path", RawValue: []byte("/rewritten")}},
+					{Header: &corev3.HeaderValue{Key: "x-value-only", Value: "ignored"}},
+					{Header: &corev3.HeaderValue{Key: "x-absent", RawValue: []byte("added")},
+						AppendAction: corev3.HeaderValueOption_ADD_IF_ABSENT},
+					{Header: &corev3.HeaderValue{Key: "x-set", RawValue: []byte("not-added")},
+						AppendAction: corev3.HeaderValueOption_ADD_IF_ABSENT},
+					{Header: &corev3.HeaderValue{Key: "x-missing", RawValue: []byte("not-added")},
+						AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS},
 				},
 				RemoveHeaders: []string{"x-drop"},
 			}})
@@ -518,7 +525,12 @@ func TestHeaderMutationsSetAppendRemove(t *testing.T) {
 	eq(t, "x-set", u.Header.Get("X-Set"), "new")
 	eq(t, "x-multi", strings.Join(u.Header.Values("X-Multi"), ","), "a,b")
 	eq(t, "x-drop removed", u.Header.Get("X-Drop"), "")
-	eq(t, "path rewritten (value is read when raw_value is empty)", res.Header.Get("X-Upstream-Path"), "/rewritten")
+	eq(t, "path rewritten", res.Header.Get("X-Upstream-Path"), "/rewritten")
+	_, present := u.Header["X-Value-Only"]
+	eq(t, "value without raw_value sets an empty header", present && u.Header.Get("X-Value-Only") == "", true)
+	eq(t, "add if absent adds", u.Header.Get("X-Absent"), "added")
+	eq(t, "add if absent keeps existing", strings.Join(u.Header.Values("X-Set"), ","), "new")
+	eq(t, "overwrite if exists skips missing", u.Header.Get("X-Missing"), "")
 	eq(t, "response header", res.Header.Get("X-Cache"), "miss")
 }
 

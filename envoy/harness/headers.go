@@ -276,7 +276,7 @@ func (c *mutationChecker) allowed(op checkOp, name, value string) bool {
 }
 
 // validHTTPStatus is Envoy's MutationUtils::isValidHttpStatus.
-func validHTTPStatus(code int) bool { return code >= 200 && code <= 999 }
+func validHTTPStatus(code int) bool { return code >= 200 }
 
 // mutationError is a mutation Envoy refuses outright: the request ends with
 // a 500 whatever failure_mode_allow says.
@@ -311,17 +311,30 @@ func applyHeaderMutation(mut *extprocv3.HeaderMutation, m *headerMap, replacing 
 		if hv.GetValue() != "" && len(hv.GetRawValue()) != 0 {
 			return rejected + 1, &mutationError{fmt.Sprintf("header %q sets both value and raw_value; only one may be set", hv.GetKey())}
 		}
-		value := hv.GetValue()
-		if value == "" {
-			value = string(hv.GetRawValue())
-		}
+		// Envoy reads raw_value only: a processor that fills in value
+		// alone sets the header to the empty string.
+		value := string(hv.GetRawValue())
 		if !validHeaderName(hv.GetKey()) || !validHeaderValue(value) {
 			return rejected + 1, &mutationError{fmt.Sprintf("invalid header %q in set_headers mutation", hv.GetKey())}
 		}
 		key := strings.ToLower(hv.GetKey())
+		exists := m.has(key)
+		// A non-default append_action decides; otherwise the legacy append
+		// flag does, and it defaults to overwrite.
+		appendValue, apply := opt.GetAppend().GetValue(), true
+		switch opt.GetAppendAction() {
+		case corev3.HeaderValueOption_ADD_IF_ABSENT:
+			appendValue, apply = true, !exists
+		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
+			appendValue = false
+		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
+			appendValue, apply = false, exists
+		}
+		if !apply {
+			continue
+		}
 		op := opSet
-		appendValue := opt.GetAppend().GetValue()
-		if appendValue && m.has(key) {
+		if appendValue && exists {
 			op = opAppend
 		}
 		res := c.check(op, key, value)
@@ -332,25 +345,14 @@ func applyHeaderMutation(mut *extprocv3.HeaderMutation, m *headerMap, replacing 
 		switch res {
 		case checkIgnore:
 			rejected++
-			continue
 		case checkFail:
 			return rejected + 1, &mutationError{fmt.Sprintf("header %q may not be modified", key)}
-		}
-		// The legacy append flag wins; without it ext_proc overwrites unless
-		// append_action asks for add-if-absent or overwrite-if-exists.
-		switch {
-		case opt.GetAppendAction() == corev3.HeaderValueOption_ADD_IF_ABSENT && opt.GetAppend() == nil:
-			if !m.has(key) {
+		case checkOK:
+			if appendValue {
 				m.add(key, value)
-			}
-		case opt.GetAppendAction() == corev3.HeaderValueOption_OVERWRITE_IF_EXISTS && opt.GetAppend() == nil:
-			if m.has(key) {
+			} else {
 				m.set(key, value)
 			}
-		case appendValue:
-			m.add(key, value)
-		default:
-			m.set(key, value)
 		}
 	}
 	return rejected, nil
