@@ -59,8 +59,21 @@ func (t *Tokenizer) WithMaxLength(n int) *Tokenizer {
 // 0 means encodings are not truncated.
 func (t *Tokenizer) MaxLength() int { return t.maxLength }
 
-// VocabSize is the number of entries in the WordPiece vocabulary.
-func (t *Tokenizer) VocabSize() int { return len(t.vocab) }
+// NumIDs is one more than the largest id Encode can return: the size of
+// the embedding table a model for this tokenizer needs.
+func (t *Tokenizer) NumIDs() int {
+	n := int32(0)
+	for _, id := range t.vocab {
+		n = max(n, id+1)
+	}
+	for _, a := range t.added {
+		n = max(n, a.id+1)
+	}
+	for _, id := range append(t.prefixIDs, t.suffixIDs...) {
+		n = max(n, id+1)
+	}
+	return int(n)
+}
 
 // Encode returns the token ids of text, with the post-processor's special
 // tokens around them and truncated to MaxLength.

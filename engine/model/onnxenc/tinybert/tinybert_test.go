@@ -28,7 +28,8 @@ func TestONNXMatchesReference(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		backend, err := simplego.New("")
+		// Sequential ops: simplego's parallel scheduler trips the race detector.
+		backend, err := simplego.New("ops_sequential")
 		if err != nil {
 			t.Fatal(err)
 		}
