@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -552,8 +553,11 @@ func (p *XDSPool) validate(path string) error {
 		add(path+".lb", "%q is not one of least_request, round_robin, random", p.LB)
 	}
 	for i, e := range p.Endpoints {
-		if err := checkHostPort(fmt.Sprintf("%s.endpoints[%d]", path, i), e); err != nil {
+		epath := fmt.Sprintf("%s.endpoints[%d]", path, i)
+		if err := checkHostPort(epath, e); err != nil {
 			errs = append(errs, err)
+		} else if host, _ := HostPort(e); net.ParseIP(host) == nil {
+			add(epath, "EDS carries IP addresses, not the host name %q", host)
 		}
 	}
 	if p.ConnectTimeout < 0 {

@@ -53,7 +53,7 @@ func TestXDSErrorsNameFieldAndLine(t *testing.T) {
     bad: {cache: maybe}
   pools:
     - name: cpu
-      endpoints: [localhost]
+      endpoints: [localhost, "engine.local:8080"]
 `
 	_, err := Parse("infergate.yaml", []byte(src))
 	if err == nil {
@@ -70,6 +70,7 @@ func TestXDSErrorsNameFieldAndLine(t *testing.T) {
 		`xds.listeners[0].virtual_hosts[0].routes[2].policy (line 16): no policy named "missing"`,
 		`xds.policies.bad.cache (line 18): "maybe" is not one of off, exact, semantic`,
 		`xds.pools[0].endpoints[0] (line 21): "localhost" is not host:port`,
+		`xds.pools[0].endpoints[1] (line 21): EDS carries IP addresses, not the host name "engine.local"`,
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error does not contain %q:\n%s", want, msg)

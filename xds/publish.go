@@ -55,7 +55,6 @@ type publisher struct {
 
 	mu         sync.Mutex
 	res        *resources
-	hashes     map[proto.Message]uint64
 	generation int
 	nodes      map[string]*publishedNode
 }
@@ -66,18 +65,14 @@ type publishedNode struct {
 }
 
 func newPublisher(c cachev3.SnapshotCache) *publisher {
-	return &publisher{cache: c, nodes: map[string]*publishedNode{}, hashes: map[proto.Message]uint64{}}
+	return &publisher{cache: c, nodes: map[string]*publishedNode{}}
 }
 
 // publish makes r current and updates every known node's snapshot.
 func (p *publisher) publish(r *resources) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	old := p.hashes
-	p.res, p.hashes = r, make(map[proto.Message]uint64, len(old))
-	for _, m := range r.messages() {
-		p.hashes[m] = hashMessage(m)
-	}
+	p.res = r
 	p.generation++
 	for key, n := range p.nodes {
 		p.setLocked(key, n)
@@ -121,7 +116,7 @@ func (p *publisher) setLocked(key string, n *publishedNode) {
 		var buf [8]byte
 		for _, it := range items {
 			h.Write([]byte(cachev3.GetResourceName(it)))
-			binary.LittleEndian.PutUint64(buf[:], p.hashes[it.(proto.Message)])
+			binary.LittleEndian.PutUint64(buf[:], p.res.hashes[it.(proto.Message)])
 			h.Write(buf[:])
 		}
 		sum := h.Sum64()

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/infergate/infergate/config"
+	"github.com/infergate/infergate/envoy/validate"
 	"github.com/infergate/infergate/policy"
 )
 
@@ -62,6 +63,8 @@ type resources struct {
 	// listenerNodes is each listener's node selector (empty: every node).
 	listenerNodes map[string][]string
 	order         []string // listener names in config order
+	// hashes of every resource's deterministic encoding, set by check.
+	hashes map[proto.Message]uint64
 }
 
 func adsSource() *corev3.ConfigSource {
@@ -101,19 +104,10 @@ func build(m model, registered map[string][]string) (*resources, error) {
 	for name, p := range x.Policies {
 		policies[name] = p
 	}
-	var errs []string
-	for i, p := range x.Pools {
+	eps, errs := buildEndpoints(m, registered)
+	r.endpoints = eps
+	for _, p := range x.Pools {
 		r.clusters[p.Name] = poolCluster(p)
-		addrs := append([]string(nil), p.Endpoints...)
-		if len(addrs) == 0 && p.Name == config.DefaultPoolName {
-			addrs = []string{m.engineAddr}
-		}
-		for j, a := range addrs {
-			if host, _ := config.HostPort(a); net.ParseIP(host) == nil {
-				errs = append(errs, fmt.Sprintf("xds.pools[%d].endpoints[%d]: EDS needs an IP address, not the host name %q", i, j, host))
-			}
-		}
-		r.endpoints[p.Name] = loadAssignment(p.Name, append(addrs, registered[p.Name]...))
 	}
 	b := &builder{}
 	ext, err := b.extProcCluster(m.extProcAddr, x.ExtProc.ConnectTimeout)
@@ -138,6 +132,53 @@ func build(m model, registered map[string][]string) (*resources, error) {
 		return nil, errors.New(strings.Join(errs, "\n"))
 	}
 	return r, nil
+}
+
+// buildEndpoints makes each pool's load assignment from its static
+// endpoints and the registered ones.
+func buildEndpoints(m model, registered map[string][]string) (map[string]*endpointv3.ClusterLoadAssignment, []string) {
+	out := map[string]*endpointv3.ClusterLoadAssignment{}
+	var errs []string
+	for _, p := range m.routing.Pools {
+		addrs := append([]string(nil), p.Endpoints...)
+		if len(addrs) == 0 && p.Name == config.DefaultPoolName {
+			if host, _ := config.HostPort(m.engineAddr); net.ParseIP(host) == nil {
+				errs = append(errs, fmt.Sprintf("engine.listen: the pool %q routes to it over EDS, which needs an IP address, not the host name %q", p.Name, host))
+			}
+			addrs = []string{m.engineAddr}
+		}
+		out[p.Name] = loadAssignment(p.Name, append(addrs, registered[p.Name]...))
+	}
+	return out, errs
+}
+
+// withEndpoints is r with the endpoints rebuilt from registered; only
+// they are validated and hashed again, so that engines coming and going
+// cost little however large the route table is.
+func (r *resources) withEndpoints(m model, registered map[string][]string) (*resources, error) {
+	eps, errs := buildEndpoints(m, registered)
+	if len(errs) > 0 {
+		return nil, errors.New(strings.Join(errs, "\n"))
+	}
+	c := *r
+	c.endpoints = eps
+	c.hashes = make(map[proto.Message]uint64, len(r.hashes))
+	for msg, h := range r.hashes {
+		if _, ok := msg.(*endpointv3.ClusterLoadAssignment); !ok {
+			c.hashes[msg] = h
+		}
+	}
+	var verrs []error
+	for _, name := range sortedKeys(eps) {
+		if err := validate.Message(eps[name]); err != nil {
+			verrs = append(verrs, fmt.Errorf("endpoints %q: %w", name, err))
+		}
+		c.hashes[eps[name]] = hashMessage(eps[name])
+	}
+	if err := errors.Join(verrs...); err != nil {
+		return nil, err
+	}
+	return &c, nil
 }
 
 // extProcFilter is the ext_proc HTTP filter every listener runs before the

@@ -242,10 +242,7 @@ func (s *Server) endpointsChanged() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := time.Now()
-	res, err := build(s.model, s.endpoints.addresses())
-	if err == nil {
-		err = check(res)
-	}
+	res, err := s.res.withEndpoints(s.model, s.endpoints.addresses())
 	if err != nil {
 		// Registered endpoints are checked on the way in, so the model
 		// that was valid a moment ago cannot fail here; keep serving it.
