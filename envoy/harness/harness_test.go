@@ -687,8 +687,9 @@ func TestImmediateResponseWhenDisabledIsSpurious(t *testing.T) {
 
 func TestMessageTimeout(t *testing.T) {
 	up, _ := echoUpstream(t)
-	// The server answers request headers after 300 ms, first asking for
-	// more time when extend is set.
+	// The server answers request headers after a second, first asking for
+	// more time when extend is set; the message timeout is Envoy's 200 ms
+	// default.
 	script := func(extend time.Duration) harnesstest.Script {
 		return func(s *harnesstest.Stream) error {
 			for {
@@ -701,7 +702,7 @@ func TestMessageTimeout(t *testing.T) {
 						s.Send(&extprocv3.ProcessingResponse{OverrideMessageTimeout: durationpb.New(extend)})
 					}
 					select {
-					case <-time.After(300 * time.Millisecond):
+					case <-time.After(time.Second):
 					case <-s.Context().Done():
 						return nil
 					}
@@ -728,7 +729,7 @@ func TestMessageTimeout(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := harnesstest.Start(t, script(tc.extend))
-			f := &extprocfilterv3.ExternalProcessor{MessageTimeout: durationpb.New(50 * time.Millisecond), FailureModeAllow: tc.failOpen}
+			f := &extprocfilterv3.ExternalProcessor{FailureModeAllow: tc.failOpen}
 			if tc.max > 0 {
 				f.MaxMessageTimeout = durationpb.New(tc.max)
 			}
