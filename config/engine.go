@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -13,7 +14,7 @@ type Engine struct {
 	// Listen is the engine's HTTP address. Default 127.0.0.1:8080.
 	Listen string `yaml:"listen"`
 	// Backend is the GoMLX backend every model runs on: "simplego" (pure
-	// Go, the default) or "xla" (PJRT, CPU or CUDA).
+	// Go, the default), "simplego:<options>", or "xla[:cuda|cpu|<plugin>]".
 	Backend string `yaml:"backend"`
 	// MaxBodyBytes caps a request body; larger bodies get 413.
 	// Default 2 MiB (TEI's payload_limit).
@@ -78,12 +79,12 @@ type ONNXModel struct {
 	// Tokenizer is the HuggingFace tokenizer.json (WordPiece). Required
 	// for kind onnx.
 	Tokenizer string `yaml:"tokenizer"`
-	// InputIDs, AttentionMask and TokenTypeIDs name the graph inputs;
-	// an empty TokenTypeIDs means the graph has none. Defaults input_ids,
-	// attention_mask, token_type_ids.
-	InputIDs      string  `yaml:"input_ids"`
-	AttentionMask string  `yaml:"attention_mask"`
-	TokenTypeIDs  *string `yaml:"token_type_ids"`
+	// InputIDs, AttentionMask and TokenTypeIDs name the graph inputs.
+	// Defaults input_ids, attention_mask, token_type_ids.
+	// Inputs the graph does not have are not fed.
+	InputIDs      string `yaml:"input_ids"`
+	AttentionMask string `yaml:"attention_mask"`
+	TokenTypeIDs  string `yaml:"token_type_ids"`
 	// Output names the graph output. Default last_hidden_state.
 	Output string `yaml:"output"`
 	// Pooling turns per-token outputs into one vector: mean, cls or none
@@ -91,7 +92,8 @@ type ONNXModel struct {
 	Pooling string `yaml:"pooling"`
 	// Normalize scales vectors to unit length. Default false.
 	Normalize bool `yaml:"normalize"`
-	// MaxTokens is the longest sequence the graph takes. Default 512.
+	// MaxTokens is the longest sequence the graph takes, special tokens
+	// included; longer input is truncated. Default 256.
 	MaxTokens int `yaml:"max_tokens"`
 }
 
@@ -112,7 +114,7 @@ const (
 	DefaultRequestTimeout     = 30 * time.Second
 	DefaultMaxInputs          = 2048
 	DefaultMaxInputChars      = 32768
-	DefaultONNXMaxTokens      = 512
+	DefaultONNXMaxTokens      = 256
 )
 
 func (e *Engine) setDefaults() {
@@ -180,9 +182,8 @@ func (m *EngineModel) setDefaults() {
 		if o.AttentionMask == "" {
 			o.AttentionMask = "attention_mask"
 		}
-		if o.TokenTypeIDs == nil {
-			s := "token_type_ids"
-			o.TokenTypeIDs = &s
+		if o.TokenTypeIDs == "" {
+			o.TokenTypeIDs = "token_type_ids"
 		}
 		if o.Output == "" {
 			o.Output = "last_hidden_state"
@@ -201,10 +202,10 @@ var modelName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 func (e *Engine) validate() error {
 	errs := []error{checkHostPort("engine.listen", e.Listen)}
-	switch e.Backend {
+	switch kind, _, _ := strings.Cut(e.Backend, ":"); kind {
 	case "simplego", "xla":
 	default:
-		errs = append(errs, fmt.Errorf("engine.backend: %q is not one of simplego, xla", e.Backend))
+		errs = append(errs, fmt.Errorf("engine.backend: %q is not simplego[:options] or xla[:plugin]", e.Backend))
 	}
 	if e.MaxBodyBytes < 1024 {
 		errs = append(errs, fmt.Errorf("engine.max_body_bytes: %d is below the minimum of 1024", e.MaxBodyBytes))

@@ -1,0 +1,203 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/infergate/infergate/engine/batcher"
+	"github.com/infergate/infergate/engine/model"
+	"github.com/infergate/infergate/internal/ops"
+)
+
+// apiError is an error a client caused or must wait out, with its status.
+type apiError struct {
+	status     int
+	msg        string
+	retryAfter time.Duration // sets Retry-After when positive
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func errorf(status int, format string, args ...any) *apiError {
+	return &apiError{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+func writeAPIError(w http.ResponseWriter, err error) {
+	var ae *apiError
+	if !errors.As(err, &ae) {
+		ae = &apiError{status: http.StatusInternalServerError, msg: err.Error()}
+	}
+	if ae.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(ae.retryAfter.Seconds()))))
+	}
+	ops.WriteError(w, ae.status, ae.msg)
+}
+
+func (s *Server) routes() {
+	m := s.mux
+	m.HandleFunc("POST /v1/embeddings", s.handleEmbeddings)
+	m.HandleFunc("GET /v1/models", s.handleListModels)
+	m.HandleFunc("GET /v1/models/{model}", s.handleGetModel)
+	m.HandleFunc("GET /v2", s.handleServerMetadata)
+	m.HandleFunc("GET /v2/health/live", s.handleLive)
+	m.HandleFunc("GET /v2/health/ready", s.handleServerReady)
+	m.HandleFunc("GET /v2/models/{model}", s.handleModelMetadata)
+	m.HandleFunc("GET /v2/models/{model}/versions/{version}", s.handleModelMetadata)
+	m.HandleFunc("GET /v2/models/{model}/ready", s.handleModelReady)
+	m.HandleFunc("GET /v2/models/{model}/versions/{version}/ready", s.handleModelReady)
+	m.HandleFunc("POST /v2/models/{model}/infer", s.handleInfer)
+	m.HandleFunc("POST /v2/models/{model}/versions/{version}/infer", s.handleInfer)
+	ops.HandleProbes(m, s.reg, s.ready)
+	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		ops.WriteError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+}
+
+// modelVersion is the only version each model has.
+const modelVersion = "1"
+
+// lookup finds a model by name; an empty name means the first configured.
+func (s *Server) lookup(name string) (*served, error) {
+	if name == "" {
+		return s.order[0], nil
+	}
+	sv, ok := s.models[name]
+	if !ok {
+		return nil, errorf(http.StatusNotFound, "model %q is not served here (GET /v1/models lists the models)", name)
+	}
+	return sv, nil
+}
+
+// lookupPath is lookup for the v2 routes, which may name a version.
+func (s *Server) lookupPath(r *http.Request) (*served, error) {
+	sv, err := s.lookup(r.PathValue("model"))
+	if err != nil {
+		return nil, err
+	}
+	if v := r.PathValue("version"); v != "" && v != modelVersion {
+		return nil, errorf(http.StatusNotFound, "model %q has no version %q (only %q)", sv.cfg.Name, v, modelVersion)
+	}
+	return sv, nil
+}
+
+// readBody reads at most max_body_bytes.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, errorf(http.StatusRequestEntityTooLarge, "request body exceeds %d bytes (engine.max_body_bytes)", mbe.Limit)
+		}
+		return nil, errorf(http.StatusBadRequest, "reading request body: %v", err)
+	}
+	return body, nil
+}
+
+// embedResult is what every API needs back from the model.
+type embedResult struct {
+	vectors [][]float32
+	tokens  int
+}
+
+// embed checks texts against the model's limits, tokenizes them on the
+// request goroutine, and runs them through the model's batcher under the
+// request's priority and deadline.
+func (s *Server) embed(r *http.Request, sv *served, texts []string) (embedResult, error) {
+	res, err := s.embedChecked(r, sv, texts)
+	s.countInvalid(sv, err)
+	return res, err
+}
+
+// countInvalid counts a request refused for what it contains; the
+// batcher counts the other outcomes.
+func (s *Server) countInvalid(sv *served, err error) {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		switch ae.status {
+		case http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity:
+			s.metrics.Count(sv.cfg.Name, batcher.OutcomeInvalid)
+		}
+	}
+}
+
+func (s *Server) embedChecked(r *http.Request, sv *served, texts []string) (embedResult, error) {
+	m := sv.cfg
+	if err := s.checkReady(sv); err != nil {
+		s.metrics.Count(m.Name, batcher.OutcomeRejected)
+		return embedResult{}, err
+	}
+	if len(texts) > m.MaxInputs {
+		return embedResult{}, errorf(http.StatusRequestEntityTooLarge, "%d inputs exceed the model's limit of %d per request (max_inputs)", len(texts), m.MaxInputs)
+	}
+	for i, t := range texts {
+		if n := utf8.RuneCountInString(t); n > m.MaxInputChars {
+			return embedResult{}, errorf(http.StatusRequestEntityTooLarge, "input %d has %d characters, over the limit of %d (max_input_chars)", i, n, m.MaxInputChars)
+		}
+	}
+	priority := *m.DefaultPriority
+	if h := r.Header.Get(PriorityHeader); h != "" {
+		p, err := strconv.Atoi(h)
+		if err != nil || p < 0 || p >= m.PriorityLevels {
+			return embedResult{}, errorf(http.StatusBadRequest, "header %s: %q is not an integer from 0 to %d", PriorityHeader, h, m.PriorityLevels-1)
+		}
+		priority = p
+	}
+	enc := sv.enc
+	maxTokens := enc.MaxTokens()
+	items := make([][]int32, len(texts))
+	tokens := 0
+	for i, t := range texts {
+		ids, err := enc.Tokenize(t)
+		if err != nil {
+			if errors.Is(err, model.ErrUntokenizable) {
+				return embedResult{}, errorf(http.StatusUnprocessableEntity, "input %d: %v", i, err)
+			}
+			return embedResult{}, fmt.Errorf("model %s: tokenizing input %d: %w", m.Name, i, err)
+		}
+		if len(ids) == 0 {
+			return embedResult{}, errorf(http.StatusUnprocessableEntity, "input %d has no tokens", i)
+		}
+		if len(ids) > maxTokens {
+			ids = ids[:maxTokens]
+		}
+		items[i] = ids
+		tokens += len(ids)
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), m.Timeout)
+	defer cancel()
+	vecs, err := sv.batch.Do(ctx, items, priority)
+	switch {
+	case err == nil:
+		return embedResult{vectors: vecs, tokens: tokens}, nil
+	case errors.Is(err, batcher.ErrQueueFull):
+		return embedResult{}, &apiError{status: http.StatusTooManyRequests, retryAfter: sv.batch.RetryAfter(),
+			msg: fmt.Sprintf("model %s: queue is full (%d requests, queue_size); retry later", m.Name, m.QueueSize)}
+	case errors.Is(err, batcher.ErrClosed):
+		return embedResult{}, &apiError{status: http.StatusServiceUnavailable, retryAfter: time.Second, msg: "engine is shutting down"}
+	case errors.Is(err, context.DeadlineExceeded):
+		return embedResult{}, errorf(http.StatusGatewayTimeout, "model %s: request not computed within its %s deadline (timeout)", m.Name, m.Timeout)
+	case errors.Is(err, context.Canceled):
+		// The client is gone; 499 is nginx's "client closed request".
+		return embedResult{}, errorf(499, "client closed the request")
+	}
+	s.log.Error("model failed", "model", m.Name, "error", err)
+	return embedResult{}, fmt.Errorf("model %s failed: %w", m.Name, err)
+}
+
+func (s *Server) checkReady(sv *served) error {
+	if s.stopping.Load() {
+		return &apiError{status: http.StatusServiceUnavailable, retryAfter: time.Second, msg: "engine is shutting down"}
+	}
+	if err := sv.notReady(); err != nil {
+		return &apiError{status: http.StatusServiceUnavailable, retryAfter: 5 * time.Second, msg: err.Error()}
+	}
+	return nil
+}
