@@ -30,19 +30,19 @@ import (
 
 // revision is one accepted version of the routing model.
 type revision struct {
-	Version int       `json:"version"`
-	Source  string    `json:"source"`
-	At      time.Time `json:"at"`
+	Version int
+	Source  string // startup, file, admin
+	At      time.Time
 	// Note says what changed ("PUT route chat", "rollback to 3", ...).
-	Note    string     `json:"note,omitempty"`
-	routing config.XDS // the routing part of the model
+	Note    string
+	routing config.XDS
 }
 
 // rejection is the last refused change.
 type rejection struct {
-	Source string    `json:"source"`
-	At     time.Time `json:"at"`
-	Error  string    `json:"error"`
+	Source string    `yaml:"source" json:"source"`
+	At     time.Time `yaml:"at" json:"at"`
+	Error  string    `yaml:"error" json:"error"`
 }
 
 // Server is the control plane, an ops.Service.
@@ -105,6 +105,8 @@ func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prom
 func modelOf(cfg config.Config) model {
 	return model{routing: cfg.XDS, extProcAddr: cfg.ExtProc.Listen, engineAddr: cfg.Engine.Listen}
 }
+
+var _ ops.Service = (*Server)(nil)
 
 // Name implements ops.Service.
 func (s *Server) Name() string { return "xds" }

@@ -63,8 +63,10 @@ func (s *Server) reload(data []byte) (int, error) {
 		defer s.mu.Unlock()
 		return 0, s.rejectLocked("file", err)
 	}
-	if cfg.XDS.Listen != s.cfg.XDS.Listen || cfg.XDS.Admin != s.cfg.XDS.Admin {
-		s.log.Warn("xds.listen and xds.admin changes take effect at the next start")
+	now, was := cfg.XDS, s.cfg.XDS
+	if now.Listen != was.Listen || now.Admin != was.Admin || now.WatchInterval != was.WatchInterval ||
+		now.History != was.History || now.HeartbeatTTL != was.HeartbeatTTL {
+		s.log.Warn("changes to xds.listen, admin, watch_interval, history and heartbeat_ttl take effect at the next start; routing changes apply now")
 	}
 	return s.applyDescribed(modelOf(cfg), "file", s.configPath, func(err error) error {
 		return config.WithLines(data, err)
