@@ -13,7 +13,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/gomlx/gomlx/backends/simplego"
 	"github.com/infergate/infergate/engine/model"
 )
 
@@ -76,12 +75,13 @@ var (
 	sharedErr     error
 )
 
-// testEncoder loads the model once per test binary on SimpleGo.
+// testEncoder loads the model once per test binary, on the backend named by
+// $USELITE_TEST_BACKEND (default SimpleGo; e.g. "xla:cuda" on a GPU host).
 func testEncoder(t testing.TB) *Encoder {
 	t.Helper()
 	dir := modelDir(t)
 	sharedOnce.Do(func() {
-		backend, err := simplego.New("")
+		backend, err := model.NewBackend(os.Getenv("USELITE_TEST_BACKEND"))
 		if err != nil {
 			sharedErr = err
 			return
@@ -297,7 +297,7 @@ func linkModel(t *testing.T, src string, skip ...string) string {
 
 func TestLoadReportsMissingFiles(t *testing.T) {
 	src := modelDir(t)
-	backend, err := simplego.New("")
+	backend, err := model.NewBackend("")
 	if err != nil {
 		t.Fatal(err)
 	}
