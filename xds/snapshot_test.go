@@ -129,8 +129,9 @@ func TestFirstSnapshotForEnvoy(t *testing.T) {
 	if err := ext.GetTypedExtensionProtocolOptions()[httpProtocolOptionsName].UnmarshalTo(opts); err != nil || opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions() == nil {
 		t.Errorf("ext_proc cluster is not HTTP/2: %v %v", opts, err)
 	}
-	if got := ext.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress(); got.GetPortValue() != 18080 || ext.GetType() != clusterv3.Cluster_STATIC {
-		t.Errorf("ext_proc cluster %v", ext)
+	extAddr := ext.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+	if got := fmt.Sprintf("%s:%d", extAddr.GetAddress(), extAddr.GetPortValue()); got != s.cfg.ExtProc.Listen || ext.GetType() != clusterv3.Cluster_STATIC {
+		t.Errorf("ext_proc cluster at %s (%v), want extproc.listen %s, STATIC", got, ext.GetType(), s.cfg.ExtProc.Listen)
 	}
 
 	_, es := ads.fetch(resourcev3.EndpointType, "default")
