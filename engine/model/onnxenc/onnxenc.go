@@ -78,12 +78,17 @@ type Encoder struct {
 	opts      Options
 	tok       *wordpiece.Tokenizer
 	onnxModel *onnx.Model
+	gatherNDs []gatherND
 	weights   *mlctx.Context
 	backend   backends.Backend
 	feeds     []feed // graph inputs, in the order the executables take them
 	dim       int
 	numIDs    int
 	seqBucket []int
+
+	// buildMu serialises graph conversion: onnx-gomlx's Model is not meant
+	// for concurrent conversions, and callModel edits its input list.
+	buildMu sync.Mutex
 
 	mu     sync.Mutex
 	execs  map[bucket]*mlctx.Exec
@@ -129,14 +134,19 @@ func Load(opts Options, backend backends.Backend) (*Encoder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("onnxenc: tokenizer: %w", err)
 	}
-	m, err := onnx.ReadFile(opts.ModelPath)
+	m, err := readModel(opts.ModelPath)
 	if err != nil {
 		return nil, fmt.Errorf("onnxenc: %w", err)
+	}
+	gatherNDs, err := findGatherND(m)
+	if err != nil {
+		return nil, fmt.Errorf("onnxenc: %s: %w", opts.ModelPath, err)
 	}
 	e := &Encoder{
 		opts:      opts,
 		tok:       tok.WithMaxLength(opts.MaxTokens),
 		onnxModel: m,
+		gatherNDs: gatherNDs,
 		backend:   backend,
 		numIDs:    tok.NumIDs(),
 		seqBucket: seqBuckets(opts.MaxTokens),

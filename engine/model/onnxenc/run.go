@@ -156,7 +156,11 @@ func (e *Encoder) graph(ctx *mlctx.Context, in []*Node) *Node {
 	for i, f := range e.feeds {
 		feeds[f.name] = in[i+1]
 	}
-	out := e.onnxModel.CallGraph(ctx, mask.Graph(), feeds, e.opts.OutputName)[0]
+	out := func() *Node {
+		e.buildMu.Lock()
+		defer e.buildMu.Unlock()
+		return e.callModel(ctx, mask.Graph(), feeds, e.opts.OutputName)
+	}()
 	out = ConvertDType(out, dtypes.Float32)
 	switch e.opts.Pooling {
 	case PoolMean:
