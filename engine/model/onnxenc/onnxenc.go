@@ -182,6 +182,10 @@ func (e *Encoder) wireInputs() error {
 		e.opts.AttentionMaskName: feedMask,
 		e.opts.TokenTypeIDsName:  feedTypes,
 	}
+	if len(kinds) != 3 {
+		return fmt.Errorf("onnxenc: input names must differ: input_ids %q, attention_mask %q, token_type_ids %q",
+			e.opts.InputIDsName, e.opts.AttentionMaskName, e.opts.TokenTypeIDsName)
+	}
 	for i, name := range names {
 		kind, ok := kinds[name]
 		if !ok {

@@ -374,6 +374,7 @@ func TestLoadErrors(t *testing.T) {
 		{"missing model", func(o *Options) { o.ModelPath = filepath.Join(f.dir, "none.onnx") }, []string{"none.onnx"}},
 		{"missing tokenizer", func(o *Options) { o.TokenizerPath = filepath.Join(f.dir, "none.json") }, []string{"none.json"}},
 		{"max tokens", func(o *Options) { o.MaxTokens = 1 }, []string{"max tokens"}},
+		{"same name twice", func(o *Options) { o.TokenTypeIDsName = "input_ids" }, []string{"must differ"}},
 	}
 	for _, c := range cases {
 		opts := f.opts

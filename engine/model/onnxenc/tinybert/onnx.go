@@ -1,11 +1,14 @@
 package tinybert
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
+	"strconv"
 
 	"github.com/gomlx/onnx-gomlx/onnx"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -32,7 +35,37 @@ const opsetVersion = 17
 // GELU through Erf, LayerNormalization both as the opset-17 op and
 // decomposed into ReduceMean/Sub/Pow/Sqrt/Div.
 func (m *Model) ONNX() ([]byte, error) {
-	b := &graphBuilder{}
+	model, _, err := m.build("")
+	return model, err
+}
+
+// WriteONNX writes the ONNX serialization to path.
+func (m *Model) WriteONNX(path string) error {
+	data, err := m.ONNX()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, data, 0o644)
+}
+
+// WriteONNXExternal writes the model to path with its weights in the file
+// dataName beside it, as ONNX external data (what torch.onnx.export does
+// in recent PyTorch).
+func (m *Model) WriteONNXExternal(path, dataName string) error {
+	model, weights, err := m.build(dataName)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(path), dataName), weights, 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(path, model, 0o644)
+}
+
+// build returns the serialized model and, when externalName is set, the
+// contents of the external data file its initializers point into.
+func (m *Model) build(externalName string) (model, external []byte, err error) {
+	b := &graphBuilder{externalName: externalName}
 	h := m.Hidden
 	dh := h / m.Heads
 
@@ -105,7 +138,7 @@ func (m *Model) ONNX() ([]byte, error) {
 	if !m.NoTokenTypeInput {
 		inputs = append(inputs, valueInfo("token_type_ids", onnxInt64, "batch", "sequence"))
 	}
-	model := map[string]any{
+	graph := map[string]any{
 		"ir_version":    8,
 		"producer_name": "infergate-tinybert",
 		"opset_import":  []any{map[string]any{"domain": "", "version": opsetVersion}},
@@ -120,26 +153,18 @@ func (m *Model) ONNX() ([]byte, error) {
 			},
 		},
 	}
-	doc, err := json.Marshal(model)
+	doc, err := json.Marshal(graph)
 	if err != nil {
-		return nil, fmt.Errorf("tinybert: %w", err)
+		return nil, nil, fmt.Errorf("tinybert: %w", err)
 	}
 	// onnx-gomlx's Model carries the ModelProto type of its vendored ONNX
 	// protos; decoding into it checks every field name against the schema.
 	var parsed onnx.Model
 	if err := protojson.Unmarshal(doc, &parsed.Proto); err != nil {
-		return nil, fmt.Errorf("tinybert: building ONNX proto: %w", err)
+		return nil, nil, fmt.Errorf("tinybert: building ONNX proto: %w", err)
 	}
-	return proto.Marshal(&parsed.Proto)
-}
-
-// WriteONNX writes the ONNX serialization to path.
-func (m *Model) WriteONNX(path string) error {
-	data, err := m.ONNX()
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, data, 0o644)
+	model, err = proto.Marshal(&parsed.Proto)
+	return model, b.external.Bytes(), err
 }
 
 // graphBuilder collects nodes and initializers in protojson form.
@@ -147,6 +172,27 @@ type graphBuilder struct {
 	nodes []map[string]any
 	inits []any
 	count int
+	// externalName, when set, puts initializers' bytes into external.
+	externalName string
+	external     bytes.Buffer
+}
+
+// initializer adds a named weight tensor.
+func (b *graphBuilder) initializer(name string, dtype int, dims []int64, raw []byte) string {
+	if b.externalName == "" {
+		b.inits = append(b.inits, tensor(name, dtype, dims, raw))
+		return name
+	}
+	t := tensor(name, dtype, dims, nil)
+	t["data_location"] = "EXTERNAL"
+	t["external_data"] = []any{
+		map[string]any{"key": "location", "value": b.externalName},
+		map[string]any{"key": "offset", "value": strconv.Itoa(b.external.Len())},
+		map[string]any{"key": "length", "value": strconv.Itoa(len(raw))},
+	}
+	b.external.Write(raw)
+	b.inits = append(b.inits, t)
+	return name
 }
 
 func (b *graphBuilder) op(opType string, inputs ...string) string {
@@ -185,13 +231,11 @@ func (b *graphBuilder) rename(output, name string) {
 }
 
 func (b *graphBuilder) weight(name string, w *Matrix) string {
-	b.inits = append(b.inits, tensor(name, onnxFloat, []int64{int64(w.Rows), int64(w.Cols)}, float32Bytes(w.Data)))
-	return name
+	return b.initializer(name, onnxFloat, []int64{int64(w.Rows), int64(w.Cols)}, float32Bytes(w.Data))
 }
 
 func (b *graphBuilder) vector(name string, v []float64) string {
-	b.inits = append(b.inits, tensor(name, onnxFloat, []int64{int64(len(v))}, float32Bytes(v)))
-	return name
+	return b.initializer(name, onnxFloat, []int64{int64(len(v))}, float32Bytes(v))
 }
 
 // constIntsRange is torch's position_ids buffer: [[0, 1, …, n-1]].
@@ -200,8 +244,7 @@ func (b *graphBuilder) constIntsRange(name string, n int) string {
 	for i := range v {
 		v[i] = int64(i)
 	}
-	b.inits = append(b.inits, tensor(name, onnxInt64, []int64{1, int64(n)}, int64Bytes(v)))
-	return name
+	return b.initializer(name, onnxInt64, []int64{1, int64(n)}, int64Bytes(v))
 }
 
 // constInts emits a Constant node; dims nil makes a scalar.
@@ -238,7 +281,10 @@ func tensorAttr(dtype int, dims []int64, raw []byte) map[string]any {
 }
 
 func tensor(name string, dtype int, dims []int64, raw []byte) map[string]any {
-	t := map[string]any{"data_type": dtype, "raw_data": raw}
+	t := map[string]any{"data_type": dtype}
+	if raw != nil {
+		t["raw_data"] = raw
+	}
 	if name != "" {
 		t["name"] = name
 	}

@@ -1,8 +1,9 @@
 // Package tinybert builds small BERT-shaped encoders with seeded random
-// weights: as an ONNX file laid out the way torch.onnx.export writes a
-// HuggingFace BertModel (opset 17, int64 inputs, dynamic batch and sequence
-// axes), and as a float64 reference forward pass written independently of
-// any ONNX runtime. Tests and benchmarks of the ONNX runtime use both to
+// weights: as an ONNX file shaped like a HuggingFace BertModel exported by
+// the TorchScript-based torch.onnx.export (opset 17, int64 inputs, dynamic
+// batch and sequence axes, state-dict weight names), optionally with its
+// weights in an external data file, and as a float64 reference forward pass
+// written independently of any ONNX runtime. Tests and benchmarks of the ONNX runtime use both to
 // prove it computes the right numbers without downloading a model.
 package tinybert
 
