@@ -166,7 +166,7 @@ func Load(opts Options, backend backends.Backend) (*Encoder, error) {
 	// leaves it dynamic.
 	out, err := e.run(context.Background(), [][]int32{{0}})
 	if err != nil {
-		return nil, fmt.Errorf("onnxenc: %s: %w", opts.ModelPath, err)
+		return nil, fmt.Errorf("%w (model %s)", err, opts.ModelPath)
 	}
 	e.dim = len(out[0])
 	slog.Info("onnx encoder loaded", "model", opts.ModelPath, "dim", e.dim, "pooling", opts.Pooling,

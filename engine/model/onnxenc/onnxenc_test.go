@@ -13,7 +13,6 @@ import (
 	"testing"
 
 	"github.com/gomlx/gomlx/backends"
-	"github.com/gomlx/gomlx/backends/simplego"
 
 	"github.com/infergate/infergate/engine/model"
 	"github.com/infergate/infergate/engine/model/onnxenc/tinybert"
@@ -86,18 +85,10 @@ func writeTokenizerJSON(t testing.TB, path string) {
 	}
 }
 
-// testBackendConfig runs simplego's ops one after another: its parallel op
-// scheduler (gomlx v0.26.0, backends/simplego/exec.go) trips the race
-// detector on its own bookkeeping. Benchmarks use the default.
-const testBackendConfig = "ops_sequential"
-
+// newBackend is the engine's default backend (SimpleGo, ops in sequence).
 func newBackend(t testing.TB) backends.Backend {
 	t.Helper()
-	config := testBackendConfig
-	if _, isBench := t.(*testing.B); isBench {
-		config = ""
-	}
-	b, err := simplego.New(config)
+	b, err := model.NewBackend("")
 	if err != nil {
 		t.Fatal(err)
 	}
