@@ -16,6 +16,7 @@ const (
 	refuseEntity   = "entity"
 	refuseOrder    = "order"
 	refuseOpposite = "opposite"
+	refuseSwap     = "substitution"
 )
 
 // guardRefusal compares a query with a cached prompt whose embedding scored
@@ -43,6 +44,10 @@ func guardRefusal(query, cached string) string {
 		return refuseOrder
 	case opposed(a, b):
 		return refuseOpposite
+	case swapped(a, b):
+		return refuseSwap
+	case reversed(a, b) || reversed(b, a):
+		return refuseOrder
 	}
 	return ""
 }
@@ -50,6 +55,9 @@ func guardRefusal(query, cached string) string {
 // features is what the guard extracts from one prompt.
 type features struct {
 	words     map[string]bool // every word, lower-cased
+	content   map[string]bool // stems of the words that carry the topic
+	compounds []string        // stems of adjacent word pairs written as one
+	relations map[[3]string]bool // "checking to savings": {checking, to, saving}
 	numbers   []string        // canonical values, sorted
 	units     []string        // canonical units and currencies, sorted, unique
 	dates     []string        // months, weekdays, relative days, sorted, unique
@@ -109,9 +117,16 @@ func tokenize(text string) []token {
 
 func analyze(text string) features {
 	toks := tokenize(text)
-	f := features{words: make(map[string]bool, len(toks))}
-	for _, t := range toks {
+	f := features{words: make(map[string]bool, len(toks)), content: map[string]bool{}, relations: relations(toks)}
+	for i, t := range toks {
 		f.words[t.lower] = true
+		if isTopicWord(t) {
+			f.content[stem(t.lower)] = true
+		}
+		if i > 0 && !t.number && !toks[i-1].number {
+			// "user name" also spells "username"
+			f.compounds = append(f.compounds, stem(toks[i-1].lower+t.lower))
+		}
 	}
 	units := map[string]bool{}
 	dates := map[string]bool{}
@@ -143,7 +158,11 @@ func analyze(text string) features {
 			continue
 		}
 		if u := unitOf(t.lower); u != "" {
-			units[u] = true
+			if nextToNumber(toks, i) {
+				units[u] = true
+			} else {
+				anchor("unit:" + u) // "a mile longer than a kilometer"
+			}
 		}
 		if d := dateWord(toks, i); d != "" {
 			dates[d] = true
@@ -341,6 +360,23 @@ var units = func() map[string]string {
 	return m
 }()
 
+// nextToNumber reports whether toks[i] is a unit of a quantity: "5 days",
+// "$ 5", "100 USD". "What day is payday?" names no quantity.
+func nextToNumber(toks []token, i int) bool {
+	isNum := func(j int) bool {
+		if j < 0 || j >= len(toks) {
+			return false
+		}
+		if toks[j].number {
+			return true
+		}
+		_, ok := smallNumbers[toks[j].lower]
+		_, scale := scaleWords[toks[j].lower]
+		return ok || scale
+	}
+	return isNum(i-1) || isNum(i+1) || isNum(i-2) && toks[i-1].lower == "per"
+}
+
 // singleLetterUnits are units only when they follow a number ("5 m", "20 c");
 // elsewhere they are ordinary words or initials.
 var singleLetterUnits = map[string]bool{"h": true, "c": true, "f": true, "w": true, "v": true}
@@ -460,7 +496,7 @@ var opposites = func() map[string]int {
 		{"login log-in signin", "logout log-out signout"}, {"subscribe", "unsubscribe"}, {"encrypt", "decrypt"},
 		{"compress", "decompress"}, {"install", "uninstall"}, {"include", "exclude"}, {"accept", "reject decline"},
 		{"allow", "deny block"}, {"win", "lose"}, {"hot", "cold"}, {"early earlier", "late later"},
-		{"first", "last"}, {"cheap cheaper cheapest", "expensive pricier"}, {"fast faster fastest", "slow slower slowest"},
+		{"first", "last"}, {"on", "off"}, {"in", "out"}, {"cheap cheaper cheapest", "expensive pricier"}, {"fast faster fastest", "slow slower slowest"},
 		{"largest biggest", "smallest"}, {"large big bigger", "small smaller"}, {"best", "worst"},
 		{"pros advantages benefits", "cons disadvantages drawbacks"}, {"north", "south"}, {"east", "west"},
 		{"left", "right"}, {"male men", "female women"}, {"push", "pull"}, {"send sending sent", "receive receiving received"},
@@ -514,3 +550,113 @@ func bothSides(f features, s int) bool {
 	}
 	return false
 }
+
+// swapped reports whether each prompt has a topic word the other lacks:
+// "reset my password" against "reset my router", "cancel my subscription"
+// against "cancel my order". A sentence encoder places such siblings as
+// close as true paraphrases, and cannot tell them from synonyms, so a
+// substitution is refused; words added on one side only (a paraphrase that
+// says more) are let through.
+func swapped(a, b features) bool {
+	return hasMissing(a.content, b) && hasMissing(b.content, a)
+}
+
+// isTopicWord reports whether t says what a prompt is about, as opposed
+// to framing it ("how do I", "what is the best way to").
+func isTopicWord(t token) bool {
+	if t.number || len(t.lower) < 3 || framingWords[t.lower] || isNegation(t.lower) {
+		return false
+	}
+	return !commonWords[t.lower] || t.lower == "list" // "a list" is a topic; "List the..." frames
+}
+
+// directional are the words whose two sides cannot be swapped without
+// changing the question ("from checking to savings", "longer than a mile").
+var directional = map[string]bool{"to": true, "from": true, "than": true, "into": true, "vs": true, "versus": true}
+
+// relations pairs each directional word with the nearest topic word (or
+// number) on each side, within three words.
+func relations(toks []token) map[[3]string]bool {
+	rel := map[[3]string]bool{}
+	topic := func(t token) (string, bool) {
+		if t.number {
+			return "#" + canonicalNumber(t.text), true
+		}
+		if isTopicWord(t) || isEntity(t) {
+			return stem(t.lower), true
+		}
+		return "", false
+	}
+	for i, t := range toks {
+		if !directional[t.lower] {
+			continue
+		}
+		var left, right string
+		for j := i - 1; j >= max(0, i-3) && left == ""; j-- {
+			left, _ = topic(toks[j])
+		}
+		for j := i + 1; j < min(len(toks), i+4) && right == ""; j++ {
+			right, _ = topic(toks[j])
+		}
+		if left != "" && right != "" && left != right {
+			rel[[3]string{left, t.lower, right}] = true
+		}
+	}
+	return rel
+}
+
+// reversed reports whether b states one of a's relations the other way
+// round, and not also a's way.
+func reversed(a, b features) bool {
+	for r := range a.relations {
+		if b.relations[[3]string{r[2], r[1], r[0]}] && !b.relations[r] {
+			return true
+		}
+	}
+	return false
+}
+
+// hasMissing reports whether a topic word of from is not in f, as a word
+// or as two adjacent words written together.
+func hasMissing(from map[string]bool, f features) bool {
+	for w := range from {
+		if !f.content[w] && !slices.Contains(f.compounds, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// stem strips the common English inflections so that "orders" and
+// "order", "shipping" and "ship", "cancelled" and "cancel" agree.
+func stem(w string) string {
+	w = strings.TrimSuffix(w, "'s")
+	for _, suf := range []string{"ing", "est", "ed", "es", "s", "ly"} {
+		if len(w) > len(suf)+3 && strings.HasSuffix(w, suf) {
+			w = strings.TrimSuffix(w, suf)
+			break
+		}
+	}
+	if n := len(w); n > 3 && w[n-1] == w[n-2] && !strings.ContainsRune("aeiouls", rune(w[n-1])) {
+		w = w[:n-1] // shipp -> ship, cancell stays cancel via "l"
+	}
+	return strings.TrimSuffix(w, "e")
+}
+
+// framingWords frame a request without saying what it is about; paraphrases
+// swap them freely ("What are the steps to..." for "How do I...").
+var framingWords = func() map[string]bool {
+	m := map[string]bool{}
+	for _, w := range strings.Fields(`way ways step steps process possible best easiest good tell give explain
+		describe show need want know like would could should might can will just really please
+		help able there something someone anything mean means meaning use using used usually usual
+		way thing things kind sort type get got getting make making made take taking let lets
+		time again also still yet already ever even much many very quite too lot lots
+		me us them him her it its i'd i'm i've you'd you're we're they're that's there's what's
+		here where's why's who's when's how's did does doing done have having has had am were being been
+		about above across again against along around because into onto than then through toward towards upon
+		within while whether which whom whose etc other another such same own more most some any each few`) {
+		m[w] = true
+	}
+	return m
+}()
