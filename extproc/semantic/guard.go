@@ -54,13 +54,13 @@ func guardRefusal(query, cached string) string {
 
 // features is what the guard extracts from one prompt.
 type features struct {
-	words     map[string]bool // every word, lower-cased
-	content   map[string]bool // stems of the words that carry the topic
-	compounds []string        // stems of adjacent word pairs written as one
+	words     map[string]bool    // every word, lower-cased
+	content   map[string]bool    // stems of the words that carry the topic
+	compounds []string           // stems of adjacent word pairs written as one
 	relations map[[3]string]bool // "checking to savings": {checking, to, saving}
-	numbers   []string        // canonical values, sorted
-	units     []string        // canonical units and currencies, sorted, unique
-	dates     []string        // months, weekdays, relative days, sorted, unique
+	numbers   []string           // canonical values, sorted
+	units     []string           // canonical units and currencies, sorted, unique
+	dates     []string           // months, weekdays, relative days, sorted, unique
 	negations int
 	entities  []string // lower-cased, unique, in order of appearance
 	anchors   []string // numbers and entities in order of appearance, unique
