@@ -174,9 +174,9 @@ func (s *Server) loadAll(ctx context.Context) error {
 	return nil
 }
 
-// warmer is implemented by encoders that can compile their shape buckets
+// Warmer is implemented by encoders that can compile their shape buckets
 // up front (uselite.Encoder).
-type warmer interface {
+type Warmer interface {
 	Warmup(ctx context.Context, maxBatch int) error
 }
 
@@ -189,7 +189,7 @@ func (s *Server) loadModel(ctx context.Context, sv *served) error {
 		return fmt.Errorf("model %s: %w", m.Name, err)
 	}
 	sv.enc = enc
-	if w, ok := enc.(warmer); ok {
+	if w, ok := enc.(Warmer); ok {
 		if err := w.Warmup(ctx, m.MaxBatchSize); err != nil {
 			return fmt.Errorf("model %s: warm-up: %w", m.Name, err)
 		}
@@ -277,9 +277,15 @@ func (s *Server) loadEncoder(m config.EngineModel) (model.Encoder, error) {
 	if s.backendErr != nil {
 		return nil, s.backendErr
 	}
+	return LoadEncoder(m, s.backend)
+}
+
+// LoadEncoder loads the model m describes on backend, as the engine does
+// (`infergate bench` uses it to measure the runtime alone).
+func LoadEncoder(m config.EngineModel, backend backends.Backend) (model.Encoder, error) {
 	switch m.Kind {
 	case "use-lite":
-		return uselite.Load(m.Path, s.backend)
+		return uselite.Load(m.Path, backend)
 	case "onnx":
 		return onnxenc.Load(onnxenc.Options{
 			ModelPath:         m.Path,
@@ -291,7 +297,7 @@ func (s *Server) loadEncoder(m config.EngineModel) (model.Encoder, error) {
 			Pooling:           m.ONNX.Pooling,
 			Normalize:         m.ONNX.Normalize,
 			MaxTokens:         m.ONNX.MaxTokens,
-		}, s.backend)
+		}, backend)
 	}
 	return nil, fmt.Errorf("unknown model kind %q", m.Kind)
 }

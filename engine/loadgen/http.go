@@ -1,0 +1,229 @@
+package loadgen
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Target is an engine's /v1/embeddings endpoint.
+type Target struct {
+	// URL is the engine's base URL, e.g. http://127.0.0.1:8080.
+	URL   string
+	Model string
+	// Texts are cycled through, InputsPerRequest at a time (default 1).
+	Texts            []string
+	InputsPerRequest int
+	// Client defaults to one with enough idle connections for the load.
+	Client *http.Client
+
+	next atomic.Uint64
+}
+
+func (t *Target) client(conns int) *http.Client {
+	if t.Client == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConns = conns + 16
+		tr.MaxIdleConnsPerHost = conns + 16
+		t.Client = &http.Client{Transport: tr, Timeout: 2 * time.Minute}
+	}
+	return t.Client
+}
+
+func (t *Target) body() ([]byte, int) {
+	n := max(1, t.InputsPerRequest)
+	in := make([]string, n)
+	for i := range in {
+		in[i] = t.Texts[int(t.next.Add(1)-1)%len(t.Texts)]
+	}
+	b, _ := json.Marshal(map[string]any{"model": t.Model, "input": in})
+	return b, n
+}
+
+// send posts one request and reports whether it got a 200.
+func (t *Target) send(ctx context.Context, c *http.Client) (items int, ok bool) {
+	body, n := t.body()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.URL+"/v1/embeddings", bytes.NewReader(body))
+	if err != nil {
+		return n, false
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return n, false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return n, resp.StatusCode == http.StatusOK
+}
+
+// Concurrency measures closed-loop load: c clients, each sending its next
+// request as soon as the last one answered.
+func (t *Target) Concurrency(ctx context.Context, o Options, c int) (Result, error) {
+	client := t.client(c)
+	res, err := t.run(ctx, o, func(rec *recorder) func() {
+		lctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		for range c {
+			wg.Go(func() {
+				for lctx.Err() == nil {
+					start := time.Now()
+					items, ok := t.send(lctx, client)
+					if lctx.Err() != nil {
+						return
+					}
+					end := time.Now()
+					rec.add(sample{end: end, latency: end.Sub(start), items: items, ok: ok})
+				}
+			})
+		}
+		return func() { cancel(); wg.Wait() }
+	})
+	res.Load, res.Concurrency = "concurrency", c
+	return res, err
+}
+
+// maxOutstanding bounds an open-loop run's requests in flight, so that an
+// overloaded engine does not exhaust the generator's memory; arrivals
+// beyond it count as errors.
+const maxOutstanding = 4096
+
+// Rate measures open-loop load: Poisson arrivals at rate requests per
+// second, each latency measured from its scheduled send time.
+func (t *Target) Rate(ctx context.Context, o Options, rate float64) (Result, error) {
+	if rate <= 0 {
+		return Result{}, fmt.Errorf("loadgen: rate %v must be positive", rate)
+	}
+	client := t.client(256)
+	res, err := t.run(ctx, o, func(rec *recorder) func() {
+		lctx, cancel := context.WithCancel(ctx)
+		var (
+			wg       sync.WaitGroup
+			inFlight atomic.Int64
+		)
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(1, 2))
+			next := time.Now()
+			for {
+				next = next.Add(time.Duration(rng.ExpFloat64() / rate * float64(time.Second)))
+				if sleep(lctx, time.Until(next)) != nil {
+					return
+				}
+				scheduled := next
+				if inFlight.Load() >= maxOutstanding {
+					rec.add(sample{end: time.Now(), items: 1})
+					continue
+				}
+				inFlight.Add(1)
+				wg.Go(func() {
+					defer inFlight.Add(-1)
+					items, ok := t.send(lctx, client)
+					if lctx.Err() != nil {
+						return
+					}
+					end := time.Now()
+					rec.add(sample{end: end, latency: end.Sub(scheduled), items: items, ok: ok})
+				})
+			}
+		})
+		return func() { cancel(); wg.Wait() }
+	})
+	res.Load, res.Rate = "rate", rate
+	return res, err
+}
+
+// run measures and adds the engine's mean batch size over the reported
+// windows.
+func (t *Target) run(ctx context.Context, o Options, start func(*recorder) func()) (Result, error) {
+	var (
+		mu     sync.Mutex
+		scrape []batchCounters
+	)
+	// Scrape the batch counters at each window edge in the background;
+	// the windows are known only afterwards.
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if b, err := t.batchCounters(sctx); err == nil {
+				mu.Lock()
+				scrape = append(scrape, b)
+				mu.Unlock()
+			}
+			select {
+			case <-tick.C:
+			case <-sctx.Done():
+				return
+			}
+		}
+	}()
+	res, ws, err := measure(ctx, o, start)
+	if err != nil || len(ws) == 0 {
+		return res, err
+	}
+	cancel()
+	mu.Lock()
+	defer mu.Unlock()
+	first, last := nearest(scrape, ws[0].from), nearest(scrape, ws[len(ws)-1].to)
+	if batches := last.count - first.count; batches > 0 {
+		res.MeanBatch = (last.sum - first.sum) / batches
+	}
+	return res, nil
+}
+
+// batchCounters are the engine's infergate_engine_batch_size sum and count.
+type batchCounters struct {
+	at         time.Time
+	sum, count float64
+}
+
+func nearest(bs []batchCounters, at time.Time) batchCounters {
+	var best batchCounters
+	bestGap := time.Duration(1<<63 - 1)
+	for _, b := range bs {
+		gap := b.at.Sub(at)
+		if gap < 0 {
+			gap = -gap
+		}
+		if gap < bestGap {
+			best, bestGap = b, gap
+		}
+	}
+	return best
+}
+
+func (t *Target) batchCounters(ctx context.Context) (batchCounters, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.URL+"/metrics", nil)
+	if err != nil {
+		return batchCounters{}, err
+	}
+	resp, err := t.client(1).Do(req)
+	if err != nil {
+		return batchCounters{}, err
+	}
+	defer resp.Body.Close()
+	b := batchCounters{at: time.Now()}
+	label := fmt.Sprintf(`{model=%q}`, t.Model)
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		for name, dst := range map[string]*float64{"infergate_engine_batch_size_sum": &b.sum, "infergate_engine_batch_size_count": &b.count} {
+			if v, ok := strings.CutPrefix(line, name+label+" "); ok {
+				*dst, _ = strconv.ParseFloat(v, 64)
+			}
+		}
+	}
+	return b, sc.Err()
+}
