@@ -20,7 +20,7 @@ import (
 // These benchmarks measure the server's own work per request (no gRPC, no
 // network): what ext_proc adds to a request on the hit and the miss path.
 
-func benchServer(b *testing.B) (*Server, context.Context) {
+func benchServer(b testing.TB) (*Server, context.Context) {
 	b.Helper()
 	cfg := config.Default().ExtProc
 	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))

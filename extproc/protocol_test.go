@@ -184,3 +184,46 @@ func TestPurgeAPI(t *testing.T) {
 		t.Error("purge metrics do not show 4 purges of 6 entries")
 	}
 }
+
+func TestStreamedEventStreamChunkByChunk(t *testing.T) {
+	srv := startExtProc(t, nil)
+	req := `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}],"temperature":0}`
+	chunks := []string{"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n", "data: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\n", "data: [DONE]\n\n"}
+
+	s := rawStream(t, srv.Addr())
+	send := func(m *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+		t.Helper()
+		if err := s.Send(m); err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	send(requestHeaders(false, ":method", "POST", ":path", "/v1/chat/completions"))
+	send(body(req, false))
+	r := send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{
+		Headers: requestHeaders(false, ":status", "200", "content-type", "text/event-stream").GetRequestHeaders().GetHeaders()}}})
+	if r.GetModeOverride().GetResponseBodyMode().String() != "STREAMED" {
+		t.Fatalf("no switch to STREAMED: %v", r)
+	}
+	for i, c := range chunks {
+		m := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{
+			Body: []byte(c), EndOfStream: i == len(chunks)-1}}}
+		if r := send(m); r.GetResponseBody() == nil || r.GetResponseBody().GetResponse().GetHeaderMutation() != nil {
+			t.Fatalf("chunk %d answered with %v, want a plain body response", i, r)
+		}
+	}
+	if err := finalStatus(t, s); err != nil {
+		t.Fatalf("stream end: %v", err)
+	}
+
+	s = rawStream(t, srv.Addr())
+	send(requestHeaders(false, ":method", "POST", ":path", "/v1/chat/completions"))
+	hit := send(body(req, false)).GetImmediateResponse()
+	if hit == nil || string(hit.GetBody()) != strings.Join(chunks, "") {
+		t.Fatalf("replay of the streamed response: %v", hit)
+	}
+}

@@ -72,8 +72,10 @@ func (m *mutation) add(k, v string) {
 	})
 }
 
+// proto is the HeaderMutation, nil when there is nothing to set (also for
+// a nil *mutation).
 func (m *mutation) proto() *extprocv3.HeaderMutation {
-	if len(m.set) == 0 {
+	if m == nil || len(m.set) == 0 {
 		return nil
 	}
 	return &extprocv3.HeaderMutation{SetHeaders: m.set}

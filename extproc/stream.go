@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -76,11 +77,20 @@ type stream struct {
 }
 
 // Process implements the ext_proc gRPC service: one stream per request.
-func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
+func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) (err error) {
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()
 	st := &stream{s: s, ctx: srv.Context(), send: srv.Send}
 	defer st.finishFlight(nil)
+	defer func() {
+		// A bug must cost one request, not the process and every stream
+		// on it: Envoy applies its failure mode to this one.
+		if r := recover(); r != nil {
+			s.metrics.streamErrors.WithLabelValues("panic").Inc()
+			s.log.Error("ext_proc stream panicked", "panic", r, "path", st.path, "stack", string(debug.Stack()))
+			err = status.Error(codes.Internal, "ext_proc: internal error")
+		}
+	}()
 	for {
 		req, err := srv.Recv()
 		if errors.Is(err, io.EOF) {
