@@ -3,16 +3,18 @@ package model
 import (
 	"strings"
 	"testing"
+
+	"github.com/gomlx/gomlx/backends/simplego"
 )
 
 func TestNewBackendSimpleGoIsTheDefault(t *testing.T) {
-	for _, name := range []string{"", "simplego", "simplego:parallelism=1"} {
+	for _, name := range []string{"", "simplego", "simplego:parallelism=2"} {
 		b, err := NewBackend(name)
 		if err != nil {
 			t.Fatalf("NewBackend(%q): %v", name, err)
 		}
-		if b.Name() != BackendSimpleGo {
-			t.Errorf("NewBackend(%q) gave backend %q, want %q", name, b.Name(), BackendSimpleGo)
+		if _, ok := b.(*simplego.Backend); !ok {
+			t.Errorf("NewBackend(%q) gave backend %q, want SimpleGo", name, b.Name())
 		}
 		b.Finalize()
 	}
