@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"reflect"
 	"strings"
 	"time"
 
@@ -65,6 +66,8 @@ type resources struct {
 	order         []string // listener names in config order
 	// hashes of every resource's deterministic encoding, set by check.
 	hashes map[proto.Message]uint64
+	// builtRoutes are the routes of all route configs by routeKey.
+	builtRoutes map[string]*builtRoute
 }
 
 func adsSource() *corev3.ConfigSource {
@@ -89,7 +92,7 @@ func (b *builder) any(m proto.Message) *anypb.Any {
 // build turns the model plus the registered endpoints into resources. It
 // reports problems the config validation cannot see (such as an endpoint
 // that is not an IP address), by config path.
-func build(m model, registered map[string][]string) (*resources, error) {
+func build(m model, registered map[string][]string, prev *resources) (*resources, error) {
 	r := &resources{
 		envoyListeners:   map[string]*listenerv3.Listener{},
 		apiListeners:     map[string]*listenerv3.Listener{},
@@ -98,6 +101,11 @@ func build(m model, registered map[string][]string) (*resources, error) {
 		endpoints:        map[string]*endpointv3.ClusterLoadAssignment{},
 		listenerClusters: map[string][]string{},
 		listenerNodes:    map[string][]string{},
+		builtRoutes:      map[string]*builtRoute{},
+	}
+	var prevRoutes map[string]*builtRoute
+	if prev != nil {
+		prevRoutes = prev.builtRoutes
 	}
 	x := m.routing
 	policies := map[string]policy.Policy{}
@@ -117,7 +125,7 @@ func build(m model, registered map[string][]string) (*resources, error) {
 		r.clusters[ExtProcCluster] = ext
 	}
 	for _, l := range x.Listeners {
-		rc, used := b.routeConfig(l, policies)
+		rc, used := b.routeConfig(l, policies, prevRoutes, r.builtRoutes)
 		r.routes[l.Name] = rc
 		r.listenerClusters[l.Name] = used
 		r.listenerNodes[l.Name] = l.Nodes
@@ -255,7 +263,24 @@ func (b *builder) apiListener(l config.XDSListener, e config.XDSExtProc) *listen
 	}
 }
 
-func (b *builder) routeConfig(l config.XDSListener, policies map[string]policy.Policy) (*routev3.RouteConfiguration, []string) {
+// builtRoute is one route as built, kept from build to build so that an
+// unchanged route is neither built nor validated again.
+type builtRoute struct {
+	cfg       config.XDSRoute
+	policy    string // the encoded policy
+	route     *routev3.Route
+	hash      uint64
+	validated bool // by check, in an earlier build or this one
+}
+
+func routeKey(listener, vhost, route string) string {
+	return listener + "\x00" + vhost + "\x00" + route
+}
+
+// routeConfig builds a listener's route table, reusing from prev the
+// routes whose config and policy did not change. It also returns the
+// clusters the routes use, in order of first use.
+func (b *builder) routeConfig(l config.XDSListener, policies map[string]policy.Policy, prev, next map[string]*builtRoute) (*routev3.RouteConfiguration, []string) {
 	rc := &routev3.RouteConfiguration{Name: l.Name}
 	seen := map[string]bool{}
 	var used []string
@@ -276,34 +301,44 @@ func (b *builder) routeConfig(l config.XDSListener, policies map[string]policy.P
 				p = policy.Default()
 			}
 			p.Route = r.Name
-			route := &routev3.Route{
-				Name:   r.Name,
-				Match:  routeMatch(r.Match),
-				Action: &routev3.Route_Route{Route: routeAction(r)},
-				TypedPerFilterConfig: map[string]*anypb.Any{
-					ExtProcFilter: b.any(&routev3.FilterConfig{
-						Config: b.any(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Overrides{
-							Overrides: &extprocv3.ExtProcOverrides{GrpcInitialMetadata: []*corev3.HeaderValue{
-								{Key: policy.MetadataKey, Value: p.Encode()},
-							}},
-						}}),
-						// As for the filter: a proxyless client without
-						// ext_proc ignores the policy instead of NACKing.
-						IsOptional: true,
-					}),
-				},
+			enc := p.Encode()
+			key := routeKey(l.Name, vh.Name, r.Name)
+			br, ok := prev[key]
+			if !ok || br.policy != enc || !reflect.DeepEqual(br.cfg, r) {
+				br = &builtRoute{cfg: r, policy: enc, route: b.route(r, enc)}
 			}
+			next[key] = br
 			if r.Pool != "" {
 				use(r.Pool)
 			}
 			for _, d := range r.Destinations {
 				use(d.Pool)
 			}
-			v.Routes = append(v.Routes, route)
+			v.Routes = append(v.Routes, br.route)
 		}
 		rc.VirtualHosts = append(rc.VirtualHosts, v)
 	}
 	return rc, used
+}
+
+func (b *builder) route(r config.XDSRoute, encodedPolicy string) *routev3.Route {
+	return &routev3.Route{
+		Name:   r.Name,
+		Match:  routeMatch(r.Match),
+		Action: &routev3.Route_Route{Route: routeAction(r)},
+		TypedPerFilterConfig: map[string]*anypb.Any{
+			ExtProcFilter: b.any(&routev3.FilterConfig{
+				Config: b.any(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Overrides{
+					Overrides: &extprocv3.ExtProcOverrides{GrpcInitialMetadata: []*corev3.HeaderValue{
+						{Key: policy.MetadataKey, Value: encodedPolicy},
+					}},
+				}}),
+				// As for the filter: a proxyless client without ext_proc
+				// ignores the policy instead of NACKing the route.
+				IsOptional: true,
+			}),
+		},
+	}
 }
 
 func stringMatcher(exact, prefix, regex string) *matcherv3.StringMatcher {

@@ -210,7 +210,7 @@ func (s *Server) applyDescribed(m model, source, note string, describe func(erro
 	err := m.routing.ValidateRouting()
 	var res *resources
 	if err == nil {
-		res, err = build(m, s.endpoints.addresses())
+		res, err = build(m, s.endpoints.addresses(), s.res)
 	}
 	if err == nil {
 		err = check(res)

@@ -1,8 +1,10 @@
 package xds
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"regexp"
 	"runtime"
 	"sort"
@@ -32,12 +34,36 @@ func check(r *resources) error {
 		msg        proto.Message
 		err        error
 		hash       uint64
+		routes     []*builtRoute // for a route table, the routes not yet validated
 	}
 	var jobs []*job
+	skeletons := map[string]*job{}
 	for _, name := range r.order {
 		jobs = append(jobs, &job{kind: "listener", name: name, msg: r.envoyListeners[name]},
-			&job{kind: "api listener", name: name, msg: r.apiListeners[name]},
-			&job{kind: "route config", name: name, msg: r.routes[name]})
+			&job{kind: "api listener", name: name, msg: r.apiListeners[name]})
+		// A route table is validated as its skeleton (virtual hosts
+		// without routes) plus each route on its own: the same rules,
+		// but an unchanged route is not validated again, and a large
+		// table spreads over all cores.
+		sk := &job{kind: "route config", name: name, msg: skeleton(r.routes[name])}
+		skeletons[name] = sk
+		jobs = append(jobs, sk)
+		var batch []*builtRoute
+		for _, vh := range r.routes[name].GetVirtualHosts() {
+			for _, rt := range vh.GetRoutes() {
+				br := r.builtRoutes[routeKey(name, vh.GetName(), rt.GetName())]
+				if br.validated {
+					continue
+				}
+				if batch = append(batch, br); len(batch) == 256 {
+					jobs = append(jobs, &job{kind: "route config", name: name, routes: batch})
+					batch = nil
+				}
+			}
+		}
+		if len(batch) > 0 {
+			jobs = append(jobs, &job{kind: "route config", name: name, routes: batch})
+		}
 	}
 	for _, name := range sortedKeys(r.clusters) {
 		jobs = append(jobs, &job{kind: "cluster", name: name, msg: r.clusters[name]})
@@ -52,8 +78,21 @@ func check(r *resources) error {
 		go func() {
 			defer wg.Done()
 			for j := range next {
-				j.err = validate.Message(j.msg)
-				j.hash = hashMessage(j.msg)
+				if j.msg != nil {
+					j.err = validate.Message(j.msg)
+					j.hash = hashMessage(j.msg)
+				}
+				var errs []error
+				for _, br := range j.routes {
+					if err := validate.Message(br.route); err != nil {
+						errs = append(errs, fmt.Errorf("route %q: %w", br.route.GetName(), err))
+						continue
+					}
+					br.hash, br.validated = hashMessage(br.route), true
+				}
+				if len(errs) > 0 {
+					j.err = errors.Join(errs...)
+				}
 			}
 		}()
 	}
@@ -72,14 +111,47 @@ func check(r *resources) error {
 	r.hashes = make(map[proto.Message]uint64, len(jobs))
 	for _, j := range jobs {
 		add(j.kind, j.name, j.err)
-		r.hashes[j.msg] = j.hash
+		if j.msg != nil && j.kind != "route config" {
+			r.hashes[j.msg] = j.hash
+		}
 	}
 	for _, name := range r.order {
+		rc := r.routes[name]
+		r.hashes[rc] = routeTableHash(rc, skeletons[name].hash, r.builtRoutes)
 		add("listener", name, checkListener(r.envoyListeners[name].GetFilterChains()[0].GetFilters()[0].GetTypedConfig(), r))
 		add("api listener", name, checkListener(r.apiListeners[name].GetApiListener().GetApiListener(), r))
-		add("route config", name, checkRoutes(r.routes[name], r))
+		add("route config", name, checkRoutes(rc, r))
 	}
 	return errors.Join(errs...)
+}
+
+// skeleton copies a route table without its routes.
+func skeleton(rc *routev3.RouteConfiguration) *routev3.RouteConfiguration {
+	kept := make([][]*routev3.Route, len(rc.GetVirtualHosts()))
+	for i, vh := range rc.GetVirtualHosts() {
+		kept[i], vh.Routes = vh.Routes, nil
+	}
+	c := proto.Clone(rc).(*routev3.RouteConfiguration)
+	for i, vh := range rc.GetVirtualHosts() {
+		vh.Routes = kept[i]
+	}
+	return c
+}
+
+// routeTableHash combines the skeleton's hash with its routes' hashes, in
+// order, instead of encoding the whole table again.
+func routeTableHash(rc *routev3.RouteConfiguration, skeleton uint64, built map[string]*builtRoute) uint64 {
+	h := fnv.New64a()
+	var buf [8]byte
+	binary.LittleEndian.PutUint64(buf[:], skeleton)
+	h.Write(buf[:])
+	for _, vh := range rc.GetVirtualHosts() {
+		for _, rt := range vh.GetRoutes() {
+			binary.LittleEndian.PutUint64(buf[:], built[routeKey(rc.GetName(), vh.GetName(), rt.GetName())].hash)
+			h.Write(buf[:])
+		}
+	}
+	return h.Sum64()
 }
 
 // checkListener checks the HCM: RDS names a route config of this build,
