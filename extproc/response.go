@@ -199,8 +199,8 @@ func (st *stream) cacheStatus(stored bool) string {
 	return cacheStatus(params...)
 }
 
-// usage is the OpenAI "usage" object; KServe v2 responses carry it under
-// "parameters".
+// usage is the OpenAI "usage" object; the engine's KServe v2 responses
+// carry the same counts in "parameters".
 type usage struct {
 	PromptTokens     int64 `json:"prompt_tokens"`
 	CompletionTokens int64 `json:"completion_tokens"`
@@ -219,9 +219,7 @@ func (u *usage) tokens() int64 {
 
 type usageBody struct {
 	Usage      *usage `json:"usage"`
-	Parameters struct {
-		Usage *usage `json:"usage"`
-	} `json:"parameters"`
+	Parameters *usage `json:"parameters"`
 }
 
 // usageTokens reads the tokens a response used: from its JSON body, or from
@@ -235,7 +233,7 @@ func usageTokens(body []byte, sse bool) int64 {
 		if t := u.Usage.tokens(); t > 0 {
 			return t
 		}
-		return u.Parameters.Usage.tokens()
+		return u.Parameters.tokens()
 	}
 	var last int64
 	for _, line := range bytes.Split(body, []byte("\n")) {
