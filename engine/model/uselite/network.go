@@ -93,7 +93,17 @@ func (n *network) dense(m *graphModel, matmulNode, biasNode string) (denseLayer,
 	if err != nil {
 		return denseLayer{}, err
 	}
-	return denseLayer{kernel: n.add(shape, kernel), bias: n.add([]int{shape[1]}, bias), in: shape[0], out: shape[1]}, nil
+	in, out := shape[0], shape[1]
+	// Stored as [out, in]: SimpleGo's matmul wants the contracted axis
+	// last on both sides and would otherwise transpose every kernel on every
+	// call.
+	transposed := make([]float32, len(kernel))
+	for i := range in {
+		for o := range out {
+			transposed[o*in+i] = kernel[i*out+o]
+		}
+	}
+	return denseLayer{kernel: n.add([]int{out, in}, transposed), bias: n.add([]int{out}, bias), in: in, out: out}, nil
 }
 
 func (n *network) layerNorm(m *graphModel, prefix string, width int) (layerNorm, error) {
@@ -324,9 +334,9 @@ func (n *network) transformer(l transformerLayer, x, keyBias *Node, w func(param
 	return Add(ffn, h)
 }
 
-// denseApply is x·kernel + bias over x's last axis.
+// denseApply is x·kernel + bias over x's last axis (kernel stored [out, in]).
 func denseApply(x *Node, d denseLayer, w func(param) *Node) *Node {
-	y := DotGeneral(x, []int{x.Rank() - 1}, nil, w(d.kernel), []int{0}, nil)
+	y := DotGeneral(x, []int{x.Rank() - 1}, nil, w(d.kernel), []int{1}, nil)
 	return Add(y, ExpandLeftToRank(w(d.bias), y.Rank()))
 }
 

@@ -23,7 +23,7 @@ import (
 // Lengths stop at the model's own limit (128 for USE-Lite).
 var (
 	batchBuckets  = []int{1, 2, 4, 8, 16, 32, 64, 128}
-	lengthBuckets = []int{16, 32, 64, 128, 256, 512}
+	lengthBuckets = []int{8, 16, 32, 64, 128, 256, 512}
 )
 
 // Encoder is USE-Lite on a GoMLX backend. It is safe for concurrent use.

@@ -343,7 +343,7 @@ func TestWarmupCompilesBuckets(t *testing.T) {
 	}
 	times := enc.CompileTimes()
 	for _, rows := range []int{1, 2} {
-		for _, length := range []int{16, 32, 64, 128} {
+		for _, length := range []int{8, 16, 32, 64, 128} {
 			d, ok := times[[2]int{rows, length}]
 			if !ok {
 				t.Errorf("bucket %dx%d not compiled by Warmup", rows, length)
