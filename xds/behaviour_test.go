@@ -186,6 +186,12 @@ func TestBadConfigIsRefusedWhileClientsKeepLastGoodRoutes(t *testing.T) {
 		!strings.Contains(e.Error, "match.regex: not an RE2 expression") || !strings.Contains(e.Error, "version 1 keeps serving") {
 		t.Errorf("bad regex: %d %q", code, e.Error)
 	}
+	// Only Envoy's own (generated) rules refuse this domain.
+	if code := adminDo(t, s, "PUT", "/v1/config", fmt.Sprintf(`{"listeners": [{"name": "ingress", "virtual_hosts": [{"name": "all", "domains": ["bad\nhost"], "routes": [{"name": "main", "pool": "a"}]}]}],
+		"pools": [{"name": "a", "endpoints": [%q]}, {"name": "b", "endpoints": [%q]}]}`, a, b), &e); code != 422 ||
+		!strings.Contains(e.Error, `route config "ingress": envoy.config.route.v3.RouteConfiguration: invalid RouteConfiguration.VirtualHosts[0]`) {
+		t.Errorf("domain Envoy refuses: %d %q", code, e.Error)
+	}
 	if code := adminDo(t, s, "PUT", "/v1/listeners/ingress/routes/main", `{"pool": "b", "colour": "red"}`, &e); code != 400 || !strings.Contains(e.Error, "colour") {
 		t.Errorf("unknown field: %d %q", code, e.Error)
 	}
@@ -193,7 +199,7 @@ func TestBadConfigIsRefusedWhileClientsKeepLastGoodRoutes(t *testing.T) {
 		t.Errorf("unknown listener: %d %q", code, e.Error)
 	}
 	servedBy(t, cc, a)
-	if !strings.Contains(scrape(t, s), `infergate_xds_config_rejections_total{source="admin"} 1`) {
+	if !strings.Contains(scrape(t, s), `infergate_xds_config_rejections_total{source="admin"} 2`) {
 		t.Errorf("rejection not counted")
 	}
 }

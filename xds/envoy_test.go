@@ -225,6 +225,16 @@ func TestRenderedYAMLValidatesAndMatchesADS(t *testing.T) {
 		_, msgs := ads.fetch(typ, names...)
 		served = append(served, msgs...)
 	}
+	// ADS sends a type's resources in no particular order.
+	byName := func(msgs []proto.Message) {
+		slices.SortFunc(msgs, func(a, b proto.Message) int {
+			ka := string(a.ProtoReflect().Descriptor().FullName()) + "/" + resourceName(a)
+			kb := string(b.ProtoReflect().Descriptor().FullName()) + "/" + resourceName(b)
+			return strings.Compare(ka, kb)
+		})
+	}
+	byName(served)
+	byName(rendered)
 	if len(served) != len(rendered) {
 		t.Fatalf("rendered %d resources, ADS serves %d", len(rendered), len(served))
 	}
@@ -290,4 +300,11 @@ func TestPolicyChangeReachesTheRoute(t *testing.T) {
 	if code := adminDo(t, s, "PUT", "/v1/policies/fast", `{"priority": 42}`, &e); code != 422 || !strings.Contains(e.Error, "xds.policies.fast.priority: 42 is not in 1..9") {
 		t.Errorf("bad policy: %d %q", code, e.Error)
 	}
+}
+
+func resourceName(m proto.Message) string {
+	if n, ok := m.(interface{ GetName() string }); ok {
+		return n.GetName()
+	}
+	return m.(interface{ GetClusterName() string }).GetClusterName()
 }
