@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"hash/fnv"
 	"slices"
 	"strconv"
@@ -163,16 +164,16 @@ func (r *resources) forNode(node *corev3.Node) map[string][]types.Resource {
 	return out
 }
 
-func hashMessage(m proto.Message) uint64 {
+// hashMessage hashes m's deterministic encoding. Encoding fails only for
+// a string that is not UTF-8, which check reports as a refusal.
+func hashMessage(m proto.Message) (uint64, error) {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
-		// check already marshalled every resource; a failure here would
-		// only make the type look changed and be pushed once more.
-		return 0
+		return 0, fmt.Errorf("cannot encode: %w", err)
 	}
 	h := fnv.New64a()
 	h.Write(b)
-	return h.Sum64()
+	return h.Sum64(), nil
 }
 
 // nackGuard stops NACK storms. go-control-plane's snapshot cache answers a

@@ -178,10 +178,11 @@ func (r *resources) withEndpoints(m model, registered map[string][]string) (*res
 	}
 	var verrs []error
 	for _, name := range sortedKeys(eps) {
-		if err := validate.Message(eps[name]); err != nil {
+		h, err := hashMessage(eps[name])
+		if err = errors.Join(validate.Message(eps[name]), err); err != nil {
 			verrs = append(verrs, fmt.Errorf("endpoints %q: %w", name, err))
 		}
-		c.hashes[eps[name]] = hashMessage(eps[name])
+		c.hashes[eps[name]] = h
 	}
 	if err := errors.Join(verrs...); err != nil {
 		return nil, err

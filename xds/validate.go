@@ -78,21 +78,21 @@ func check(r *resources) error {
 		go func() {
 			defer wg.Done()
 			for j := range next {
-				if j.msg != nil {
-					j.err = validate.Message(j.msg)
-					j.hash = hashMessage(j.msg)
-				}
 				var errs []error
+				if j.msg != nil {
+					var herr error
+					j.hash, herr = hashMessage(j.msg)
+					errs = append(errs, validate.Message(j.msg), herr)
+				}
 				for _, br := range j.routes {
-					if err := validate.Message(br.route); err != nil {
+					h, err := hashMessage(br.route)
+					if err = errors.Join(validate.Message(br.route), err); err != nil {
 						errs = append(errs, fmt.Errorf("route %q: %w", br.route.GetName(), err))
 						continue
 					}
-					br.hash, br.validated = hashMessage(br.route), true
+					br.hash, br.validated = h, true
 				}
-				if len(errs) > 0 {
-					j.err = errors.Join(errs...)
-				}
+				j.err = errors.Join(errs...)
 			}
 		}()
 	}
