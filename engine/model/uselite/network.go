@@ -51,10 +51,10 @@ type transformerLayer struct {
 	attentionDim int
 }
 
-// network is USE-Lite's forward pass: token embeddings plus a doubled
-// embedding and sinusoidal timing signal, a stack of pre-norm transformer
-// layers with padding-masked attention, mean pooling over the tokens, a tanh
-// layer and L2 normalisation.
+// network is USE-Lite's forward pass: twice the token embedding plus a
+// sinusoidal timing signal, a stack of pre-norm transformer layers with
+// padding-masked attention, mean pooling over the tokens, a tanh layer and
+// L2 normalisation.
 type network struct {
 	weights    []*tensors.Tensor // graph parameters after ids and lengths
 	embeddings param

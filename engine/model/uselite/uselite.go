@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -30,7 +31,6 @@ var (
 type Encoder struct {
 	tok     *tokenizer
 	net     *network
-	backend backends.Backend
 	exec    *graph.Exec
 	lengths []int // lengthBuckets up to the model's limit
 
@@ -40,8 +40,11 @@ type Encoder struct {
 	closed  bool
 
 	compileMu sync.Mutex
-	compiled  map[[2]int]time.Duration
+	compiled  map[Bucket]time.Duration
 }
+
+// Bucket is a padded batch shape: Batch rows of Length tokens.
+type Bucket struct{ Batch, Length int }
 
 var _ model.Encoder = (*Encoder)(nil)
 
@@ -94,10 +97,9 @@ func Load(dir string, backend backends.Backend) (*Encoder, error) {
 	return &Encoder{
 		tok:      tok,
 		net:      net,
-		backend:  backend,
 		exec:     exec.WithName("uselite"),
 		lengths:  lengths,
-		compiled: make(map[[2]int]time.Duration),
+		compiled: make(map[Bucket]time.Duration),
 	}, nil
 }
 
@@ -248,7 +250,7 @@ func (e *Encoder) args(rows, length int, ids, lengths []int32) ([]any, func()) {
 // ensureCompiled compiles the bucket's graph once, recording how long it
 // took (see CompileTimes).
 func (e *Encoder) ensureCompiled(rows, length int, args []any) error {
-	key := [2]int{rows, length}
+	key := Bucket{Batch: rows, Length: length}
 	e.compileMu.Lock()
 	defer e.compileMu.Unlock()
 	if _, ok := e.compiled[key]; ok {
@@ -262,10 +264,17 @@ func (e *Encoder) ensureCompiled(rows, length int, args []any) error {
 	return nil
 }
 
-// Warmup compiles the graphs of every batch bucket up to maxBatch (at least
-// the smallest) at every length bucket, so the first requests do not pay
-// for compilation. It returns ctx's error if ctx is done first.
-func (e *Encoder) Warmup(ctx context.Context, maxBatch int) error {
+// Warmup compiles every bucket's graph, so no request pays for
+// compilation: instant on SimpleGo, about 1-3 s per bucket on XLA/CUDA
+// (see WarmupBatches to stop at the engine's largest batch).
+func (e *Encoder) Warmup(ctx context.Context) error {
+	return e.WarmupBatches(ctx, batchBuckets[len(batchBuckets)-1])
+}
+
+// WarmupBatches compiles the graphs of the batch buckets up to maxBatch
+// (at least the smallest) at every length bucket. It returns ctx's error if
+// ctx is done first.
+func (e *Encoder) WarmupBatches(ctx context.Context, maxBatch int) error {
 	e.closeMu.RLock()
 	defer e.closeMu.RUnlock()
 	if e.closed {
@@ -290,16 +299,11 @@ func (e *Encoder) Warmup(ctx context.Context, maxBatch int) error {
 	return nil
 }
 
-// CompileTimes reports how long each compiled (batch, length) bucket took
-// to compile.
-func (e *Encoder) CompileTimes() map[[2]int]time.Duration {
+// CompileTimes reports how long each compiled bucket took to compile.
+func (e *Encoder) CompileTimes() map[Bucket]time.Duration {
 	e.compileMu.Lock()
 	defer e.compileMu.Unlock()
-	out := make(map[[2]int]time.Duration, len(e.compiled))
-	for k, v := range e.compiled {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(e.compiled)
 }
 
 // Close frees the compiled graphs and the weights on the backend, after

@@ -338,13 +338,13 @@ func TestLoadReportsMissingFiles(t *testing.T) {
 
 func TestWarmupCompilesBuckets(t *testing.T) {
 	enc := testEncoder(t)
-	if err := enc.Warmup(context.Background(), 2); err != nil {
+	if err := enc.WarmupBatches(context.Background(), 2); err != nil {
 		t.Fatal(err)
 	}
 	times := enc.CompileTimes()
 	for _, rows := range []int{1, 2} {
 		for _, length := range []int{8, 16, 32, 64, 128} {
-			d, ok := times[[2]int{rows, length}]
+			d, ok := times[Bucket{Batch: rows, Length: length}]
 			if !ok {
 				t.Errorf("bucket %dx%d not compiled by Warmup", rows, length)
 			}

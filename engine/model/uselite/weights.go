@@ -157,8 +157,8 @@ func (m *graphModel) decodeGroup(specs []weightSpec, buf []byte) (int, error) {
 		}
 		size := count * width
 		if len(buf) < size {
-			return 0, fmt.Errorf("%w: weight %s needs %d bytes, only %d left (truncated download?)",
-				errMissingFiles, spec.Name, size, len(buf))
+			return 0, fmt.Errorf("weight %s needs %d bytes but only %d are left, the download looks truncated: %w",
+				spec.Name, size, len(buf), errMissingFiles)
 		}
 		data := buf[:size]
 		buf = buf[size:]
