@@ -171,7 +171,13 @@ func (p *benchPlan) sweep(ctx context.Context, log io.Writer, mode, url string) 
 			return err
 		}
 		r.Mode = mode
-		fmt.Fprintf(log, "%-10s %-14s %8.1f items/s  p99 %7.1f ms  mean batch %.1f\n", mode, label(r), r.Throughput, r.P99Ms, r.MeanBatch)
+		if mode == "engine" {
+			// The engine runs elsewhere: this process's CPU is only the
+			// load generator's.
+			r.CPUSeconds, r.ItemsPerCPUSecond = 0, 0
+		}
+		fmt.Fprintf(log, "%-10s %-14s %8.1f items/s  %6.1f items/cpu-s  p99 %7.1f ms  mean batch %.1f\n",
+			mode, label(r), r.Throughput, r.ItemsPerCPUSecond, r.P99Ms, r.MeanBatch)
 		results = append(results, r)
 		return nil
 	}
@@ -297,7 +303,8 @@ func (p *benchPlan) ceiling(ctx context.Context, log io.Writer) ([]loadgen.Resul
 		if err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(log, "%-10s batch=%-8d %8.1f items/s  p99 %7.1f ms per batch\n", "ceiling", b, r.Throughput, r.P99Ms)
+		fmt.Fprintf(log, "%-10s batch=%-8d %8.1f items/s  %6.1f items/cpu-s  p99 %7.1f ms per batch\n",
+			"ceiling", b, r.Throughput, r.ItemsPerCPUSecond, r.P99Ms)
 		results = append(results, r)
 	}
 	return results, nil

@@ -72,6 +72,12 @@ type Result struct {
 	P90Ms  float64 `json:"p90_ms"`
 	P95Ms  float64 `json:"p95_ms"`
 	P99Ms  float64 `json:"p99_ms"`
+	// CPUSeconds is the CPU time this process used per second of the
+	// reported windows (at most the core count), and ItemsPerCPUSecond
+	// the items computed per CPU-second: with the engine in-process, the
+	// cost of serving an item whatever else the machine runs.
+	CPUSeconds        float64 `json:"cpu_seconds_per_second,omitempty"`
+	ItemsPerCPUSecond float64 `json:"items_per_cpu_second,omitempty"`
 	// MeanBatch is the engine's mean items per batch over the reported
 	// windows, when its /metrics could be read.
 	MeanBatch float64 `json:"mean_batch,omitempty"`
@@ -115,6 +121,7 @@ func (r *recorder) between(from, to time.Time) []sample {
 // window is one measurement window's summary.
 type window struct {
 	from, to time.Time
+	cpu      time.Duration // process CPU time used during the window
 	samples  []sample
 	tput     float64
 	mean     time.Duration
@@ -169,12 +176,14 @@ func measure(ctx context.Context, o Options, start func(rec *recorder) (stop fun
 	}
 	var ws []window
 	for len(ws) < o.MaxWindows {
-		from := time.Now()
+		from, cpu0 := time.Now(), processCPU()
 		if err := sleep(ctx, o.Window); err != nil {
 			return Result{}, nil, err
 		}
-		to := time.Now()
-		ws = append(ws, summarize(from, to, rec.between(from, to)))
+		to, cpu1 := time.Now(), processCPU()
+		w := summarize(from, to, rec.between(from, to))
+		w.cpu = cpu1 - cpu0
+		ws = append(ws, w)
 		if len(ws) >= 3 && stable(ws[len(ws)-3:], o.Stability) {
 			break
 		}
@@ -195,9 +204,11 @@ func combine(ws []window) Result {
 		res   Result
 		span  time.Duration
 		total time.Duration
+		cpu   time.Duration
 	)
 	for _, w := range ws {
 		span += w.to.Sub(w.from)
+		cpu += w.cpu
 		for _, s := range w.samples {
 			res.Requests++
 			if !s.ok {
@@ -211,6 +222,10 @@ func combine(ws []window) Result {
 	}
 	if span > 0 {
 		res.Throughput = float64(items) / span.Seconds()
+		res.CPUSeconds = cpu.Seconds() / span.Seconds()
+	}
+	if cpu > 0 {
+		res.ItemsPerCPUSecond = float64(items) / cpu.Seconds()
 	}
 	if len(lats) == 0 {
 		return res

@@ -139,7 +139,7 @@ func TestCeilingRunsTheEncoderAtTheBatchSize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Mode != "ceiling" || r.BatchSize != 8 || r.Throughput <= 0 || enc.batches.Load() == 0 {
+	if r.Mode != "ceiling" || r.BatchSize != 8 || r.Throughput <= 0 || r.ItemsPerCPUSecond <= 0 || enc.batches.Load() == 0 {
 		t.Fatalf("result %+v after %d batches", r, enc.batches.Load())
 	}
 	// Every sample is one batch of 8 items.
