@@ -174,11 +174,15 @@ func (s *Server) loadAll(ctx context.Context) error {
 	return nil
 }
 
-// Warmer is implemented by encoders that can compile their shape buckets
-// up front (uselite.Encoder).
+// Warmer is implemented by encoders that can compile the shape buckets of
+// batches up to maxBatch up front (uselite.Encoder).
 type Warmer interface {
-	Warmup(ctx context.Context, maxBatch int) error
+	WarmupBatches(ctx context.Context, maxBatch int) error
 }
+
+// USE-Lite compiles its buckets at load; a changed signature must not
+// silently skip that.
+var _ Warmer = (*uselite.Encoder)(nil)
 
 func (s *Server) loadModel(ctx context.Context, sv *served) error {
 	m := sv.cfg
@@ -190,7 +194,7 @@ func (s *Server) loadModel(ctx context.Context, sv *served) error {
 	}
 	sv.enc = enc
 	if w, ok := enc.(Warmer); ok {
-		if err := w.Warmup(ctx, m.MaxBatchSize); err != nil {
+		if err := w.WarmupBatches(ctx, m.MaxBatchSize); err != nil {
 			return fmt.Errorf("model %s: warm-up: %w", m.Name, err)
 		}
 	}

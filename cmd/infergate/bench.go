@@ -286,7 +286,7 @@ func (p *benchPlan) ceiling(ctx context.Context, log io.Writer) ([]loadgen.Resul
 	}
 	defer enc.Close()
 	if w, ok := enc.(engine.Warmer); ok {
-		if err := w.Warmup(ctx, p.model.MaxBatchSize); err != nil {
+		if err := w.WarmupBatches(ctx, p.model.MaxBatchSize); err != nil {
 			return nil, err
 		}
 	}
