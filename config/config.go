@@ -94,7 +94,7 @@ func Parse(name string, data []byte) (Config, error) {
 	}
 	c.setDefaults()
 	if err := c.Validate(); err != nil {
-		return Config{}, fmt.Errorf("config %s: %w", name, err)
+		return Config{}, fmt.Errorf("config %s: %w", name, WithLines(data, err))
 	}
 	return c, nil
 }
