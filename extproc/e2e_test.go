@@ -53,6 +53,9 @@ func startEngine(t testing.TB) *realEngine {
 		// Policy priorities run 1..9; the engine refuses a priority header
 		// outside its levels, so give it ten.
 		cfg.Models[0].PriorityLevels = 10
+		// The model is slow under the race detector on a shared machine;
+		// a deadline here would fail tests for slowness.
+		cfg.Models[0].Timeout = 10 * time.Minute
 		var srv *engine.Server
 		srv, engineErr = engine.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		if engineErr != nil {
@@ -154,12 +157,12 @@ func TestE2ENoStoreAndTenantIsolation(t *testing.T) {
 
 func TestE2ECollapsingCountedAtTheEngine(t *testing.T) {
 	eng := startEngine(t)
-	srv := startExtProc(t, nil)
+	// Followers wait as long as the leader takes, however slow the machine.
+	srv := startExtProc(t, longCollapse)
 	h := newHarness(t, srv, eng.url, policy.Policy{Route: "embed"}, nil)
-	// A long input keeps the engine busy for a while, so the identical
-	// requests overlap; whether a late one collapses or hits, only one
-	// may reach the engine.
-	body := embeddings(t, strings.Repeat("a sentence to embed for collapsing ", 200))
+	// Whether a request arrives while the first is at the engine
+	// (collapsed) or after (a hit), only one may reach the engine.
+	body := embeddings(t, "collapse these identical requests")
 	before := eng.requests(t)
 	const n = 8
 	var wg sync.WaitGroup
@@ -226,9 +229,10 @@ func TestE2EReplicasShareCacheAndLimitThroughRedis(t *testing.T) {
 	hb := newHarness(t, b, eng.url, p, nil)
 	body := embeddings(t, "shared between replicas")
 	before := eng.requests(t)
-	call(t, ha, "POST", "/v1/embeddings", body, "X-Tenant-Id", "acme")
-	if !isHit(cacheStatus(t, call(t, hb, "POST", "/v1/embeddings", body, "X-Tenant-Id", "acme"))) {
-		t.Fatal("replica b missed replica a's entry")
+	first := call(t, ha, "POST", "/v1/embeddings", body, "X-Tenant-Id", "acme")
+	if res := call(t, hb, "POST", "/v1/embeddings", body, "X-Tenant-Id", "acme"); !isHit(cacheStatus(t, res)) {
+		t.Fatalf("replica b missed replica a's entry: a %q, b %q; redis errors a %v, b %v", first.Header.Get("Cache-Status"), res.Header.Get("Cache-Status"),
+			metric(t, a.Registry(), "infergate_extproc_redis_errors_total"), metric(t, b.Registry(), "infergate_extproc_redis_errors_total"))
 	}
 	if got := eng.requests(t) - before; got != 1 {
 		t.Fatalf("engine answered %v, want 1", got)

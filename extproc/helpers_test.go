@@ -55,7 +55,8 @@ func startExtProcWith(t testing.TB, mutate func(*config.ExtProc), opts ...extpro
 }
 
 // filterConfig is the ext_proc filter as ARCHITECTURE.md configures it,
-// with message timeouts long enough for a loaded test machine.
+// with message timeouts long enough for a loaded test machine (they are
+// safety nets here, not something under test).
 func filterConfig() *extprocfilterv3.ExternalProcessor {
 	return &extprocfilterv3.ExternalProcessor{
 		ProcessingMode: &extprocfilterv3.ProcessingMode{
@@ -66,8 +67,8 @@ func filterConfig() *extprocfilterv3.ExternalProcessor {
 		},
 		AllowModeOverride:    true,
 		AllowedOverrideModes: []*extprocfilterv3.ProcessingMode{extproc.StreamedResponseMode},
-		MessageTimeout:       durationpb.New(10 * time.Second),
-		MaxMessageTimeout:    durationpb.New(60 * time.Second),
+		MessageTimeout:       durationpb.New(2 * time.Minute),
+		MaxMessageTimeout:    durationpb.New(10 * time.Minute),
 		FailureModeAllow:     true,
 	}
 }
@@ -177,11 +178,12 @@ func hasLabels(m *dto.Metric, labels []string) bool {
 	return true
 }
 
-// eventually polls cond for up to 10 s: for effects that cross goroutines
-// (a purge relayed through Redis), never for speed.
+// eventually polls cond for up to 2 minutes: for effects that cross
+// goroutines (a purge relayed through Redis, followers queuing), never for
+// speed.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

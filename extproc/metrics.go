@@ -19,6 +19,7 @@ type metrics struct {
 	streamErrors   *prometheus.CounterVec
 	redisErrors    *prometheus.CounterVec
 	streams        prometheus.Gauge
+	followers      prometheus.Gauge
 }
 
 // microseconds-to-seconds buckets: the ext_proc work itself is tens of
@@ -73,8 +74,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "infergate_extproc_streams_active",
 			Help: "ext_proc streams (HTTP requests) in progress.",
 		}),
+		followers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "infergate_extproc_collapse_waiting",
+			Help: "Requests waiting for an identical request in flight (collapsed followers).",
+		}),
 	}
-	reg.MustRegister(m.lookups, m.lookupSeconds, m.messageSeconds, m.stores, m.evictions, m.purges,
+	reg.MustRegister(m.followers, m.lookups, m.lookupSeconds, m.messageSeconds, m.stores, m.evictions, m.purges,
 		m.purgedEntries, m.rateLimit, m.streamErrors, m.redisErrors, m.streams)
 	return m
 }

@@ -14,7 +14,7 @@ import (
 func withRedis(addr string) func(*config.ExtProc) {
 	return func(c *config.ExtProc) {
 		c.Redis.Addr = addr
-		c.Redis.Timeout = 2 * time.Second // a loaded test machine, not a hint of production values
+		c.Redis.Timeout = 10 * time.Second // a loaded test machine, not a hint of production values
 	}
 }
 

@@ -413,7 +413,10 @@ func (st *stream) requestComplete(end requestEnd) error {
 			if err := st.send(extendTimeout(wait + time.Second)); err != nil {
 				return err
 			}
-			if e, ok := fl.Wait(st.ctx, wait); ok {
+			st.s.metrics.followers.Inc()
+			e, ok := fl.Wait(st.ctx, wait)
+			st.s.metrics.followers.Dec()
+			if ok {
 				st.s.metrics.lookups.WithLabelValues(route, "collapsed").Inc()
 				return st.serveEntry(e, cacheStatus("fwd=miss", "fwd-status=200", "collapsed", ttlParam(e.Remaining(time.Now())), keyParam(st.key)))
 			}

@@ -173,7 +173,7 @@ func TestStoreSharesEntriesAndPurgesThroughRedis(t *testing.T) {
 		t.Fatalf("second read on b came from %s, want local", level)
 	}
 	// Give the subscription time to be established before purging.
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		n, err := a.redis.Client.PubSubNumSub(ctx, a.purgeChannel()).Result()
 		if err == nil && n[a.purgeChannel()] > 0 {
