@@ -169,9 +169,10 @@ func TestEmbedMatchesTFJS(t *testing.T) {
 	}
 	t.Logf("batch of %d: max abs diff vs TF.js = %.3g", len(cases), worst)
 
-	// One by one: each in its own, smaller bucket.
+	// One by one, each in its own smaller bucket: a spread of lengths is
+	// enough to show padding does not leak (all of them is slow under -race).
 	worst = 0.0
-	for _, c := range cases {
+	for _, c := range []goldenCase{cases[0], cases[8], cases[12], cases[len(cases)-1]} {
 		alone, err := enc.Embed(context.Background(), [][]int32{c.IDs})
 		if err != nil {
 			t.Fatal(err)
