@@ -37,6 +37,10 @@ var benchHeaders = requestHeaders(false, ":method", "POST", ":path", "/v1/embedd
 // oneRequest runs the request half of a stream (headers, body) and, for a
 // miss, a 200 response; it returns whether the answer was a cache hit.
 func oneRequest(client extprocv3.ExternalProcessorClient, ctx context.Context, reqBody []byte) (bool, error) {
+	// Cancelling releases the stream even when it ended on an
+	// ImmediateResponse the client did not read to the end.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	s, err := client.Process(ctx)
 	if err != nil {
 		return false, err

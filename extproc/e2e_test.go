@@ -290,3 +290,44 @@ func TestE2EBadInput(t *testing.T) {
 		t.Fatalf("%v responses stored, want at most the one valid request's", n)
 	}
 }
+
+// BenchmarkE2EHitVsMiss sends, per iteration, one request the engine must
+// answer (a new input: a miss) and one the cache answers (a hit), through
+// the harness and the ext_proc server, and the same new-input request
+// straight to the engine; it reports the three latencies and the ratio of
+// a miss to a hit.
+func BenchmarkE2EHitVsMiss(b *testing.B) {
+	eng := startEngine(b)
+	srv := startExtProc(b, nil)
+	h := newHarness(b, srv, eng.url, policy.Policy{Route: "embed"}, nil)
+	hitBody := embeddings(b, "a sentence that is asked again and again")
+	call(b, h, "POST", "/v1/embeddings", hitBody)
+	var hit, miss, direct time.Duration
+	i := 0
+	for b.Loop() {
+		i++
+		start := time.Now()
+		if res := call(b, h, "POST", "/v1/embeddings", embeddings(b, fmt.Sprintf("new sentence number %d about the weather", i))); res.Status != 200 {
+			b.Fatalf("miss: %d", res.Status)
+		}
+		miss += time.Since(start)
+		start = time.Now()
+		if res := call(b, h, "POST", "/v1/embeddings", hitBody); !isHit(res.Header.Get("Cache-Status")) {
+			b.Fatalf("hit: %q", res.Header.Get("Cache-Status"))
+		}
+		hit += time.Since(start)
+		start = time.Now()
+		resp, err := http.Post(eng.url+"/v1/embeddings", "application/json", strings.NewReader(string(embeddings(b, fmt.Sprintf("direct sentence number %d about the weather", i)))))
+		if err != nil || resp.StatusCode != 200 {
+			b.Fatalf("direct: %v %v", resp, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		direct += time.Since(start)
+	}
+	n := float64(i)
+	b.ReportMetric(float64(hit.Microseconds())/n, "hit-µs")
+	b.ReportMetric(float64(miss.Microseconds())/n, "miss-µs")
+	b.ReportMetric(float64(direct.Microseconds())/n, "engine-direct-µs")
+	b.ReportMetric(float64(miss)/float64(hit), "miss/hit")
+}
