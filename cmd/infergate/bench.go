@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -63,6 +64,7 @@ func init() {
 	})
 	f.Int("max-windows", 8, "windows before giving up on stability")
 	f.Float64("stability", 0.1, "largest relative spread of the last three windows")
+	f.String("from", "", "measure nothing: read the results of an earlier --json and write the table, CSV and plot again")
 	f.String("csv", "", "write results as CSV to this file")
 	f.String("json", "", "write results as JSON to this file")
 	f.String("plot", "", "write a p99-latency/throughput plot (PNG) to this file")
@@ -125,7 +127,15 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	ctx := cmd.Context()
 	out := cmd.OutOrStdout()
 	var results []loadgen.Result
-	if url, _ := f.GetString("url"); url != "" {
+	if from, _ := f.GetString("from"); from != "" {
+		data, err := os.ReadFile(from)
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		if err := json.Unmarshal(data, &results); err != nil {
+			return fmt.Errorf("bench: %s: %w", from, err)
+		}
+	} else if url, _ := f.GetString("url"); url != "" {
 		results, err = plan.sweep(ctx, out, "engine", strings.TrimSuffix(url, "/"))
 	} else {
 		modes, _ := f.GetString("modes")
@@ -338,7 +348,7 @@ func writeBenchFiles(results []loadgen.Result, modelName, csvPath, jsonPath, plo
 		if err := os.MkdirAll(filepath.Dir(plotPath), 0o755); err != nil {
 			return err
 		}
-		return loadgen.Plot(plotPath, fmt.Sprintf("infergate engine, %s: p99 latency vs throughput", modelName), results)
+		return loadgen.Plot(plotPath, fmt.Sprintf("infergate engine, %s (ceiling latency is per batch)", modelName), results)
 	}
 	return nil
 }

@@ -3,9 +3,11 @@ package loadgen
 import (
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image/color"
 	"io"
+	"os"
 	"strconv"
 	"text/tabwriter"
 
@@ -13,6 +15,7 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 )
 
 var csvHeader = []string{"mode", "load", "concurrency", "rate", "batch_size", "requests", "errors", "throughput",
@@ -72,26 +75,24 @@ func meanBatch(r Result) string {
 	return strconv.FormatFloat(r.MeanBatch, 'f', 1, 64)
 }
 
-// Plot draws p99 latency against throughput, one line per mode, each
-// point labelled with its load, and writes a PNG to path.
+// Plot writes a PNG of three panels against load (concurrency, or batch
+// size for the ceiling), one line per mode: throughput in items/s, items
+// per CPU-second of this process, and p99 latency. Open-loop rate points
+// are left out (they have no concurrency).
 func Plot(path, title string, results []Result) error {
-	p := plot.New()
-	p.Title.Text = title
-	p.X.Label.Text = "throughput (items/s)"
-	p.Y.Label.Text = "p99 latency (ms)"
-	p.Y.Scale = plot.LogScale{}
-	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
-	p.Add(plotter.NewGrid())
-	colors := []color.Color{
-		color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
-		color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
-		color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
-		color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
+	panels := []struct {
+		y     string
+		value func(Result) float64
+		log   bool
+	}{
+		{"throughput (items/s)", func(r Result) float64 { return r.Throughput }, false},
+		{"items per CPU-second", func(r Result) float64 { return r.ItemsPerCPUSecond }, false},
+		{"p99 latency (ms)", func(r Result) float64 { return r.P99Ms }, true},
 	}
 	var modes []string
 	byMode := map[string][]Result{}
 	for _, r := range results {
-		if r.P99Ms <= 0 {
+		if r.Load == "rate" {
 			continue
 		}
 		if _, ok := byMode[r.Mode]; !ok {
@@ -99,35 +100,100 @@ func Plot(path, title string, results []Result) error {
 		}
 		byMode[r.Mode] = append(byMode[r.Mode], r)
 	}
-	for i, mode := range modes {
-		rs := byMode[mode]
-		pts := make(plotter.XYs, len(rs))
-		labels := make([]string, len(rs))
-		for j, r := range rs {
-			pts[j] = plotter.XY{X: r.Throughput, Y: r.P99Ms}
-			labels[j] = loadLabel(r)
+	var plots []*plot.Plot
+	for _, panel := range panels {
+		series := make([]plotter.XYs, len(modes))
+		n := 0
+		for j, mode := range modes {
+			for _, r := range byMode[mode] {
+				if v := panel.value(r); v > 0 && loadX(r) > 0 {
+					series[j] = append(series[j], plotter.XY{X: float64(loadX(r)), Y: v})
+					n++
+				}
+			}
 		}
-		line, points, err := plotter.NewLinePoints(pts)
-		if err != nil {
-			return err
+		if n == 0 {
+			continue // e.g. no CPU figures for a remote engine
 		}
-		c := colors[i%len(colors)]
-		line.Color, points.Color = c, c
-		line.Width = vg.Points(1.5)
-		points.Shape = draw.CircleGlyph{}
-		lbl, err := plotter.NewLabels(plotter.XYLabels{XYs: pts, Labels: labels})
-		if err != nil {
-			return err
+		p := plot.New()
+		if len(plots) == 0 {
+			p.Title.Text = title
 		}
-		for k := range lbl.TextStyle {
-			lbl.TextStyle[k].Color = c
-			lbl.TextStyle[k].XAlign = draw.XLeft
+		p.X.Label.Text = "concurrency (ceiling: batch size)"
+		p.Y.Label.Text = panel.y
+		p.X.Scale = plot.LogScale{}
+		p.X.Tick.Marker = plot.ConstantTicks(loadTicks(results))
+		if panel.log {
+			p.Y.Scale = plot.LogScale{}
+			p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+		} else {
+			p.Y.Min = 0
 		}
-		lbl.Offset = vg.Point{X: vg.Points(4), Y: vg.Points(2)}
-		p.Add(line, points, lbl)
-		p.Legend.Add(mode, line, points)
+		p.Add(plotter.NewGrid())
+		for j, mode := range modes {
+			pts := series[j]
+			if len(pts) == 0 {
+				continue
+			}
+			line, points, err := plotter.NewLinePoints(pts)
+			if err != nil {
+				return err
+			}
+			c := plotColors[j%len(plotColors)]
+			line.Color, points.Color = c, c
+			line.Width = vg.Points(1.5)
+			points.Shape = draw.CircleGlyph{}
+			p.Add(line, points)
+			p.Legend.Add(mode, line, points)
+		}
+		p.Legend.Top = true
+		p.Legend.Left = true
+		plots = append(plots, p)
 	}
-	p.Legend.Top = true
-	p.Legend.Left = true
-	return p.Save(8*vg.Inch, 5*vg.Inch, path)
+	if len(plots) == 0 {
+		return errors.New("loadgen: no results to plot")
+	}
+	img := vgimg.New(vg.Length(len(plots))*5*vg.Inch, 4.5*vg.Inch)
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: 1, Cols: len(plots), PadX: vg.Millimeter * 6, PadY: vg.Millimeter * 4,
+		PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 4, PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2}
+	canvases := plot.Align([][]*plot.Plot{plots}, tiles, dc)
+	for i, p := range plots {
+		p.Draw(canvases[0][i])
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+var plotColors = []color.Color{
+	color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+	color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
+	color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
+}
+
+func loadX(r Result) int {
+	if r.Load == "batch" {
+		return r.BatchSize
+	}
+	return r.Concurrency
+}
+
+func loadTicks(results []Result) []plot.Tick {
+	seen := map[int]bool{}
+	var ticks []plot.Tick
+	for _, r := range results {
+		if x := loadX(r); x > 0 && !seen[x] {
+			seen[x] = true
+			ticks = append(ticks, plot.Tick{Value: float64(x), Label: strconv.Itoa(x)})
+		}
+	}
+	return ticks
 }
