@@ -12,7 +12,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/infergate/infergate/extproc/cache"
-	"github.com/infergate/infergate/extproc/ratelimit"
 )
 
 // Header names the server reads or writes.
@@ -170,39 +169,3 @@ func cacheStatus(params ...string) string {
 func keyParam(k cache.Key) string { return `key="` + string(k) + `"` }
 
 func ttlParam(d time.Duration) string { return fmt.Sprintf("ttl=%d", int64(d/time.Second)) }
-
-// limitHeaders adds the IETF draft RateLimit-Policy and RateLimit fields
-// (draft-ietf-httpapi-ratelimit-headers, structured-field form) for the
-// limits a request was checked against.
-func limitHeaders(m *mutation, checks []limitCheck) {
-	if len(checks) == 0 {
-		return
-	}
-	policies := make([]string, 0, len(checks))
-	states := make([]string, 0, len(checks))
-	for _, c := range checks {
-		policies = append(policies, fmt.Sprintf(`"%s";q=%d;w=%d`, c.limit.Name, int64(c.limit.Burst), seconds(c.window)))
-		reset := c.decision.Reset
-		if !c.decision.Allowed {
-			reset = c.decision.RetryAfter
-		}
-		states = append(states, fmt.Sprintf(`"%s";r=%d;t=%d`, c.limit.Name, c.decision.Remaining, seconds(reset)))
-	}
-	m.add(headerRLPolicy, strings.Join(policies, ", "))
-	m.add(headerRateLimit, strings.Join(states, ", "))
-}
-
-// seconds rounds d up to whole seconds, as delta-seconds fields require.
-func seconds(d time.Duration) int64 {
-	if d <= 0 {
-		return 0
-	}
-	return int64((d + time.Second - 1) / time.Second)
-}
-
-// limitCheck is one limit a request was checked against.
-type limitCheck struct {
-	limit    ratelimit.Limit
-	window   time.Duration
-	decision ratelimit.Decision
-}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"runtime/debug"
 	"strconv"
 	"time"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/infergate/infergate/extproc/cache"
 	"github.com/infergate/infergate/extproc/canonical"
-	"github.com/infergate/infergate/extproc/ratelimit"
 	"github.com/infergate/infergate/policy"
 )
 
@@ -249,62 +247,6 @@ func tenantScope(tenant string) string { return "t:" + tenant }
 func APIKeyTenant(apiKey string) string {
 	sum := sha256.Sum256([]byte(apiKey))
 	return "key:" + hex.EncodeToString(sum[:8])
-}
-
-// enforceLimits checks the token budget (nothing taken: the cost is known
-// only from the response) and takes one request from the request rate. It
-// returns the 429 or 503 answer, or nil when the request may go on.
-func (st *stream) enforceLimits() *extprocv3.ProcessingResponse {
-	p := st.policy
-	var limits []ratelimit.Limit
-	if p.TokenBudget > 0 {
-		limits = append(limits, tokenLimit(p))
-	}
-	if p.RequestsPerSecond > 0 {
-		limits = append(limits, ratelimit.Limit{Name: "requests", Quota: p.RequestsPerSecond, Window: time.Second, Burst: float64(p.Burst)})
-	}
-	for _, l := range limits {
-		n := 1.0
-		if l.Name == "tokens" {
-			n = 0
-		}
-		d, err := st.s.limiter.Take(st.ctx, st.limitKey(l.Name), l, n)
-		if err != nil {
-			st.s.metrics.rateLimit.WithLabelValues(p.Route, l.Name, "unavailable").Inc()
-			m := &mutation{}
-			m.add(headerRetryAfter, "1")
-			m.add(headerContentType, "application/json")
-			return immediate(http.StatusServiceUnavailable, m, errorBody("rate limiter unavailable"), "infergate_ratelimit_unavailable")
-		}
-		st.checks = append(st.checks, limitCheck{limit: l, window: capacityOf(l), decision: d})
-		if !d.Allowed {
-			st.s.metrics.rateLimit.WithLabelValues(p.Route, l.Name, "denied").Inc()
-			m := &mutation{}
-			limitHeaders(m, st.checks)
-			m.add(headerRetryAfter, strconv.FormatInt(max(1, seconds(d.RetryAfter)), 10))
-			m.add(headerContentType, "application/json")
-			msg := "request rate limit exceeded"
-			if l.Name == "tokens" {
-				msg = "token budget exhausted"
-			}
-			return immediate(http.StatusTooManyRequests, m, errorBody(msg), "infergate_ratelimit_"+l.Name)
-		}
-		st.s.metrics.rateLimit.WithLabelValues(p.Route, l.Name, "allowed").Inc()
-	}
-	return nil
-}
-
-func tokenLimit(p policy.Policy) ratelimit.Limit {
-	return ratelimit.Limit{Name: "tokens", Quota: float64(p.TokenBudget), Window: p.TokenWindow, Burst: float64(p.TokenBudget)}
-}
-
-// capacityOf is the window a limit's full quota (its burst) refills in.
-func capacityOf(l ratelimit.Limit) time.Duration {
-	return time.Duration(l.Burst * float64(l.Window) / l.Quota)
-}
-
-func (st *stream) limitKey(name string) string {
-	return st.policy.Route + "|" + st.tenant + "|" + name
 }
 
 func (st *stream) requestBody(b *extprocv3.HttpBody) error {
