@@ -53,10 +53,21 @@ type Option func(*Server)
 // WithStage adds a lookup stage after the exact cache (see Stage).
 func WithStage(st Stage) Option { return func(s *Server) { s.stages = append(s.stages, st) } }
 
+// WithRegistry makes the server register its metrics on reg (served on its
+// /metrics) instead of a registry of its own, so that a Stage built before
+// the server can share it.
+func WithRegistry(reg *prometheus.Registry) Option { return func(s *Server) { s.reg = reg } }
+
 // New builds the server from its config section. Nothing listens until
 // Listen.
 func New(cfg config.ExtProc, log *slog.Logger, opts ...Option) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, reg: ops.NewRegistry(), flights: cache.NewFlights()}
+	s := &Server{cfg: cfg, log: log, flights: cache.NewFlights()}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.reg == nil {
+		s.reg = ops.NewRegistry()
+	}
 	s.metrics = newMetrics(s.reg)
 	local, err := cache.NewLocal(cache.LocalConfig{
 		MemoryMB:      cfg.Cache.MemoryMB,
@@ -79,9 +90,6 @@ func New(cfg config.ExtProc, log *slog.Logger, opts ...Option) (*Server, error) 
 	}
 	s.store = cache.NewStore(local, s.redis, log)
 	s.limiter = limiter
-	for _, o := range opts {
-		o(s)
-	}
 	// Bodies arrive whole in one message (BUFFERED); leave room for the
 	// headers and attributes around the largest accepted body.
 	msgLimit := cfg.MaxBodyBytes + 1<<20
