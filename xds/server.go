@@ -81,7 +81,6 @@ func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prom
 	if log == nil {
 		log = slog.Default()
 	}
-	log = log.With("component", "xds")
 	m := newMetrics(reg)
 	t := newTracker(m)
 	snapshots := cachev3.NewSnapshotCache(false, nodeKeyHash{}, cacheLogger{log})

@@ -149,26 +149,30 @@ engine:
 	}
 	var stderr bytes.Buffer
 	cmd := infergate("up", "-c", path)
+	cmd.Dir = repoRoot(t) // the default model path is relative to it, as for `make run`
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	// The engine is ready only after its model loaded and a warm-up batch ran.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	for _, addr := range []string{xdsAdmin, extprocAdmin, engine} {
-		waitOK(ctx, t, "http://"+addr+"/healthz")
-		waitOK(ctx, t, "http://"+addr+"/readyz")
-		waitOK(ctx, t, "http://"+addr+"/metrics")
+		for _, probe := range []string{"/healthz", "/readyz", "/metrics"} {
+			if err := waitOK(ctx, exited, "http://"+addr+probe); err != nil {
+				t.Fatalf("%v; stderr:\n%s", err, stderr.String())
+			}
+		}
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	select {
-	case err := <-done:
+	case err := <-exited:
 		if err != nil {
 			t.Fatalf("up exited with %v after SIGTERM; stderr:\n%s", err, stderr.String())
 		}
@@ -177,22 +181,43 @@ engine:
 	}
 }
 
-func waitOK(ctx context.Context, t *testing.T, url string) {
+// repoRoot is the folder holding go.mod.
+func repoRoot(t *testing.T) string {
 	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test")
+		}
+		dir = parent
+	}
+}
+
+// waitOK polls url until it answers 200, the process exits, or ctx ends.
+func waitOK(ctx context.Context, exited <-chan error, url string) error {
 	for {
 		resp, err := http.Get(url)
 		if err == nil {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
-			if ctx.Err() != nil {
-				t.Fatalf("%s: %d %s", url, resp.StatusCode, body)
-			}
-		} else if ctx.Err() != nil {
-			t.Fatalf("%s: %v", url, err)
+			err = fmt.Errorf("%s: %d %s", url, resp.StatusCode, body)
 		}
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case e := <-exited:
+			return fmt.Errorf("up exited (%v) while waiting for %s", e, url)
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
