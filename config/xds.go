@@ -49,6 +49,11 @@ type XDSExtProc struct {
 	// MessageTimeout is how long Envoy waits for each ext_proc answer
 	// before failing open. Default 500ms.
 	MessageTimeout time.Duration `yaml:"message_timeout"`
+	// MaxMessageTimeout is how far the ext_proc server may extend one
+	// answer's timeout (override_message_timeout); it does so while an
+	// identical request is in flight, so keep it above
+	// extproc.cache.collapse_wait. Default 6s.
+	MaxMessageTimeout time.Duration `yaml:"max_message_timeout"`
 	// ConnectTimeout is the ext_proc cluster's connect timeout. Default 1s.
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 }
@@ -223,6 +228,9 @@ func (x *XDS) SetRoutingDefaults() {
 	if x.ExtProc.MessageTimeout == 0 {
 		x.ExtProc.MessageTimeout = 500 * time.Millisecond
 	}
+	if x.ExtProc.MaxMessageTimeout == 0 {
+		x.ExtProc.MaxMessageTimeout = 6 * time.Second
+	}
 	if x.ExtProc.ConnectTimeout == 0 {
 		x.ExtProc.ConnectTimeout = time.Second
 	}
@@ -355,6 +363,9 @@ func (x *XDS) ValidateRouting() error {
 	}
 	if x.ExtProc.MessageTimeout < 0 {
 		add("xds.ext_proc.message_timeout", "%s is negative", x.ExtProc.MessageTimeout)
+	}
+	if x.ExtProc.MaxMessageTimeout < x.ExtProc.MessageTimeout {
+		add("xds.ext_proc.max_message_timeout", "%s is below message_timeout %s", x.ExtProc.MaxMessageTimeout, x.ExtProc.MessageTimeout)
 	}
 	if x.ExtProc.ConnectTimeout < 0 {
 		add("xds.ext_proc.connect_timeout", "%s is negative", x.ExtProc.ConnectTimeout)

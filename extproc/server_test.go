@@ -207,6 +207,13 @@ func TestNonDeterministicRequestsAreNotCached(t *testing.T) {
 	if !isHit(cacheStatus(t, call(t, h, "POST", "/v1/chat/completions", greedy))) {
 		t.Fatal("temperature 0 request not cached")
 	}
+
+	// A route may opt in: the sampled request is then cached like any other.
+	optIn := newHarness(t, srv, up.URL, policy.Policy{Route: "chat-any", CacheNonDeterministic: true}, nil)
+	call(t, optIn, "POST", "/v1/chat/completions", sampled)
+	if cs := cacheStatus(t, call(t, optIn, "POST", "/v1/chat/completions", sampled)); !isHit(cs) {
+		t.Fatalf("route with cache_nondeterministic: second sampled request %q, want a hit", cs)
+	}
 }
 
 func TestTenantIsolation(t *testing.T) {

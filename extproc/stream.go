@@ -310,7 +310,7 @@ func (st *stream) requestComplete(end requestEnd) error {
 		st.bypass = "no-store"
 	case st.bodyOver:
 		st.bypass = "body-too-large"
-	case !req.Deterministic:
+	case !req.Deterministic && !p.CacheNonDeterministic:
 		st.bypass = "non-deterministic"
 	}
 	route := p.Route

@@ -67,9 +67,13 @@ type Policy struct {
 	// APIKeyHeader names the header whose value identifies the caller when
 	// the tenant header is absent. Default authorization.
 	APIKeyHeader string `yaml:"api_key_header"`
-	// SharedCache puts cache entries and rate-limit counters in the shared
-	// store (Redis) instead of the replica's memory. Default false.
+	// SharedCache lets every tenant of the route read and write the same
+	// cache entries (a public FAQ bot, say); otherwise entries are scoped
+	// to the tenant. Rate limits stay per tenant either way. Default false.
 	SharedCache bool `yaml:"shared_cache"`
+	// CacheNonDeterministic also caches requests whose answer may differ
+	// on every call (temperature > 0 without a seed, n > 1). Default false.
+	CacheNonDeterministic bool `yaml:"cache_nondeterministic"`
 	// RequestsPerSecond is the sustained request rate per tenant; 0 means
 	// no request-rate limit. Default 0.
 	RequestsPerSecond float64 `yaml:"requests_per_second"`
@@ -185,6 +189,7 @@ type wire struct {
 	TenantHeader      string  `json:"tenant_header"`
 	APIKeyHeader      string  `json:"api_key_header"`
 	SharedCache       bool    `json:"shared_cache,omitempty"`
+	CacheNonDet       bool    `json:"cache_nondeterministic,omitempty"`
 	RequestsPerSecond float64 `json:"rps,omitempty"`
 	Burst             int     `json:"burst,omitempty"`
 	TokenBudget       int64   `json:"token_budget,omitempty"`
@@ -203,6 +208,7 @@ func (p Policy) Encode() string {
 		TenantHeader:      p.TenantHeader,
 		APIKeyHeader:      p.APIKeyHeader,
 		SharedCache:       p.SharedCache,
+		CacheNonDet:       p.CacheNonDeterministic,
 		RequestsPerSecond: p.RequestsPerSecond,
 		Burst:             p.Burst,
 		TokenBudget:       p.TokenBudget,
@@ -225,16 +231,17 @@ func Decode(s string) (Policy, error) {
 		return Policy{}, fmt.Errorf("policy: %w", err)
 	}
 	p := Policy{
-		Route:             w.Route,
-		Cache:             w.Cache,
-		SemanticThreshold: w.SemanticThreshold,
-		TenantHeader:      w.TenantHeader,
-		APIKeyHeader:      w.APIKeyHeader,
-		SharedCache:       w.SharedCache,
-		RequestsPerSecond: w.RequestsPerSecond,
-		Burst:             w.Burst,
-		TokenBudget:       w.TokenBudget,
-		Priority:          w.Priority,
+		Route:                 w.Route,
+		Cache:                 w.Cache,
+		SemanticThreshold:     w.SemanticThreshold,
+		TenantHeader:          w.TenantHeader,
+		APIKeyHeader:          w.APIKeyHeader,
+		SharedCache:           w.SharedCache,
+		CacheNonDeterministic: w.CacheNonDet,
+		RequestsPerSecond:     w.RequestsPerSecond,
+		Burst:                 w.Burst,
+		TokenBudget:           w.TokenBudget,
+		Priority:              w.Priority,
 	}
 	var err error
 	if p.TTL, err = parseDuration("ttl", w.TTL); err != nil {

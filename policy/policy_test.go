@@ -8,7 +8,7 @@ import (
 
 func TestRoundTrip(t *testing.T) {
 	p := Policy{Route: "chat", Cache: CacheSemantic, TTL: 90 * time.Second, SemanticThreshold: 0.95,
-		TenantHeader: "x-team", APIKeyHeader: "x-api-key", SharedCache: true, RequestsPerSecond: 2.5,
+		TenantHeader: "x-team", APIKeyHeader: "x-api-key", SharedCache: true, CacheNonDeterministic: true, RequestsPerSecond: 2.5,
 		TokenBudget: 10000, TokenWindow: time.Hour, Priority: 9}
 	p.Normalize()
 	if err := p.Validate(); err != nil {

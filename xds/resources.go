@@ -210,13 +210,30 @@ func (b *builder) extProcFilter(e config.XDSExtProc, optional bool) *hcmv3.HttpF
 				ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
 			},
 			AllowModeOverride: true,
-			MessageTimeout:    durationpb.New(e.MessageTimeout),
-			RequestAttributes: []string{"xds.route_name"},
-			StatPrefix:        "infergate",
+			// The one override the ext_proc server asks for: a
+			// text/event-stream response switches to STREAMED.
+			AllowedOverrideModes: []*extprocv3.ProcessingMode{streamedResponseMode()},
+			MessageTimeout:       durationpb.New(e.MessageTimeout),
+			MaxMessageTimeout:    durationpb.New(e.MaxMessageTimeout),
+			RequestAttributes:    []string{"xds.route_name"},
+			StatPrefix:           "infergate",
 		})},
 		// Proxyless gRPC has no ext_proc filter unless switched on; optional
 		// lets such a client ignore it instead of rejecting the listener.
 		IsOptional: optional,
+	}
+}
+
+// streamedResponseMode is extproc.StreamedResponseMode (a test holds the two
+// equal); Envoy accepts an override only if it equals a listed mode.
+func streamedResponseMode() *extprocv3.ProcessingMode {
+	return &extprocv3.ProcessingMode{
+		RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
+		RequestBodyMode:     extprocv3.ProcessingMode_BUFFERED,
+		RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
+		ResponseHeaderMode:  extprocv3.ProcessingMode_SEND,
+		ResponseBodyMode:    extprocv3.ProcessingMode_STREAMED,
+		ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
 	}
 }
 

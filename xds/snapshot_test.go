@@ -14,9 +14,11 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/envoy/validate"
+	"github.com/infergate/infergate/extproc"
 	"github.com/infergate/infergate/policy"
 )
 
@@ -94,6 +96,14 @@ func TestFirstSnapshotForEnvoy(t *testing.T) {
 	if !ep.GetFailureModeAllow() || !ep.GetAllowModeOverride() || ep.GetMessageTimeout().AsDuration() != 500*time.Millisecond ||
 		ep.GetGrpcService().GetEnvoyGrpc().GetClusterName() != ExtProcCluster || !slices.Contains(ep.GetRequestAttributes(), "xds.route_name") {
 		t.Errorf("ext_proc filter %v", ep)
+	}
+	// The server's SSE switch is honoured only if Envoy lists that exact mode,
+	// and collapsed requests extend their timeout up to the max.
+	if om := ep.GetAllowedOverrideModes(); len(om) != 1 || !proto.Equal(om[0], extproc.StreamedResponseMode) {
+		t.Errorf("allowed_override_modes %v, want exactly extproc.StreamedResponseMode", om)
+	}
+	if ep.GetMaxMessageTimeout().AsDuration() <= config.Default().ExtProc.Cache.CollapseWait {
+		t.Errorf("max_message_timeout %v does not cover collapse_wait", ep.GetMaxMessageTimeout().AsDuration())
 	}
 	if hcm.GetRds().GetRouteConfigName() != "ingress" || hcm.GetRds().GetConfigSource().GetAds() == nil {
 		t.Errorf("RDS %v, want route config ingress over ADS", hcm.GetRds())
