@@ -41,6 +41,13 @@ type EngineModel struct {
 	// tokens, which is what the runtime computes. One item always fits.
 	// TEI: max_batch_tokens (TEI counts real tokens). Default 8192.
 	MaxBatchTokens int `yaml:"max_batch_tokens"`
+	// PreferredBatchSizes: a gathered batch is cut to the largest of
+	// these that fits and the rest waits for the next batch, so batches
+	// fill the runtime's padded shape buckets. Triton:
+	// preferred_batch_size. Default: the powers of two up to
+	// max_batch_size, and max_batch_size (the runtimes' buckets); [] turns
+	// it off.
+	PreferredBatchSizes []int `yaml:"preferred_batch_sizes"`
 	// MaxQueueDelay is the longest the oldest queued request waits for
 	// others to join its batch. Triton: max_queue_delay_microseconds.
 	// 0 batches only what is already queued. Default 2ms.
@@ -144,6 +151,12 @@ func (m *EngineModel) setDefaults() {
 	}
 	if m.MaxBatchSize == 0 {
 		m.MaxBatchSize = DefaultMaxBatchSize
+	}
+	if m.PreferredBatchSizes == nil {
+		for p := 1; p < m.MaxBatchSize; p *= 2 {
+			m.PreferredBatchSizes = append(m.PreferredBatchSizes, p)
+		}
+		m.PreferredBatchSizes = append(m.PreferredBatchSizes, m.MaxBatchSize)
 	}
 	if m.MaxBatchTokens == 0 {
 		m.MaxBatchTokens = DefaultMaxBatchTokens
@@ -261,6 +274,11 @@ func (m *EngineModel) validate(field string) error {
 	}
 	positive("max_batch_size", m.MaxBatchSize)
 	positive("max_batch_tokens", m.MaxBatchTokens)
+	for _, p := range m.PreferredBatchSizes {
+		if p < 1 || p > m.MaxBatchSize {
+			bad("preferred_batch_sizes", "%d is outside 1..%d (max_batch_size)", p, m.MaxBatchSize)
+		}
+	}
 	positive("queue_size", m.QueueSize)
 	positive("workers", m.Workers)
 	positive("priority_levels", m.PriorityLevels)

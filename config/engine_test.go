@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,22 @@ func TestEngineDefaults(t *testing.T) {
 		m.Workers != 1 || m.PriorityLevels != 3 || *m.DefaultPriority != 1 || m.Timeout != 30*time.Second ||
 		m.MaxInputs != 2048 || m.MaxInputChars != 32768 {
 		t.Fatalf("default batching knobs %+v", m)
+	}
+	if fmt.Sprint(m.PreferredBatchSizes) != "[1 2 4 8 16 32]" {
+		t.Fatalf("default preferred batch sizes %v", m.PreferredBatchSizes)
+	}
+}
+
+func TestPreferredBatchSizes(t *testing.T) {
+	c, err := Parse("e.yaml", []byte("engine:\n  models:\n  - name: a\n    max_batch_size: 24\n  - name: b\n    preferred_batch_sizes: []\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(c.Engine.Models[0].PreferredBatchSizes); got != "[1 2 4 8 16 24]" {
+		t.Fatalf("preferred sizes for max 24: %s", got)
+	}
+	if got := c.Engine.Models[1].PreferredBatchSizes; got == nil || len(got) != 0 {
+		t.Fatalf("explicit [] should turn preferred sizes off, got %v", got)
 	}
 }
 
@@ -61,6 +78,7 @@ func TestEngineValidation(t *testing.T) {
 		{"delay", "engine:\n  models:\n  - name: a\n    max_queue_delay: -1ms\n", "max_queue_delay"},
 		{"delay unit", "engine:\n  models:\n  - name: a\n    max_queue_delay: 5\n", "line 4"},
 		{"priority", "engine:\n  models:\n  - name: a\n    priority_levels: 2\n    default_priority: 2\n", "default_priority: 2 is outside 0..1"},
+		{"preferred", "engine:\n  models:\n  - name: a\n    max_batch_size: 8\n    preferred_batch_sizes: [4, 16]\n", "preferred_batch_sizes: 16 is outside 1..8"},
 		{"timeout unit", "engine:\n  models:\n  - name: a\n    timeout: 30ns\n", "timeout"},
 	}
 	for _, tt := range tests {

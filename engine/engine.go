@@ -206,6 +206,8 @@ func (s *Server) loadModel(ctx context.Context, sv *served) error {
 		QueueSize:      m.QueueSize,
 		Workers:        m.Workers,
 		PriorityLevels: m.PriorityLevels,
+
+		PreferredBatchSizes: m.PreferredBatchSizes,
 	}, enc.Embed, s.metrics)
 	if err != nil {
 		return err

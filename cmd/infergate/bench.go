@@ -52,6 +52,7 @@ func init() {
 	f.String("concurrency", "1,8,32,64", "closed-loop concurrency levels")
 	f.String("rate", "", "open-loop Poisson rates in requests/s (e.g. 50,100)")
 	f.Int("inputs", 1, "texts per request")
+	f.Int("workers", 0, "override the model's workers in every in-process mode (default: as configured)")
 	f.Duration("warmup", 2*time.Second, "load before measuring each point")
 	f.Duration("window", 4*time.Second, "length of one measurement window (alias --duration)")
 	f.Bool("in-process", false, "measure only the runtime in-process (the ceiling mode)")
@@ -120,6 +121,9 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	}
 	if !found {
 		return fmt.Errorf("bench: no model %q in engine.models", name)
+	}
+	if w, _ := f.GetInt("workers"); w > 0 {
+		plan.model.Workers = w
 	}
 	plan.backend = cfg.Engine.Backend
 	plan.texts = loadgen.Corpus(4096)

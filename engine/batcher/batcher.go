@@ -8,7 +8,9 @@
 // (items × longest item) are reached, waiting for more to arrive at most
 // until the oldest request in the batch has been queued MaxQueueDelay. Only
 // one worker gathers at a time, so arrivals join the forming batch instead
-// of starting a second small one.
+// of starting a second small one. With PreferredBatchSizes the batch is
+// then cut to the largest preferred size, so that it fills the runtime's
+// padded shape bucket.
 //
 // A request carries one or more items (the texts of one embeddings call).
 // Its items may be split across consecutive batches, and so across
@@ -55,11 +57,21 @@ type Config struct {
 	// PriorityLevels orders the queue: higher levels are served first,
 	// FIFO within a level.
 	PriorityLevels int
+	// PreferredBatchSizes, when set, trims a gathered batch to the
+	// largest of them that fits, leaving the rest at the head of the
+	// queue: runtimes pad a batch to their next shape bucket, so 17 items
+	// cost as much as 32 while 16 and then 1 cost 17.
+	PreferredBatchSizes []int
 }
 
 func (c Config) validate() error {
 	if c.MaxBatchSize < 1 || c.MaxBatchTokens < 1 || c.QueueSize < 1 || c.Workers < 1 || c.PriorityLevels < 1 || c.MaxQueueDelay < 0 {
 		return fmt.Errorf("batcher %s: invalid config %+v", c.Model, c)
+	}
+	for _, p := range c.PreferredBatchSizes {
+		if p < 1 || p > c.MaxBatchSize {
+			return fmt.Errorf("batcher %s: preferred batch size %d is outside 1..%d", c.Model, p, c.MaxBatchSize)
+		}
 	}
 	return nil
 }
@@ -342,9 +354,10 @@ func (b *Batcher) formBatch() (batch []slice, ok bool) {
 		b.mu.Unlock()
 
 		switch {
-		case full:
-			return batch, true
-		case items > 0 && (closed || !time.Now().Before(deadline)):
+		case full, items > 0 && (closed || !time.Now().Before(deadline)):
+			b.mu.Lock()
+			batch = b.trimLocked(batch, items)
+			b.mu.Unlock()
 			return batch, true
 		case items == 0 && closed && empty:
 			return nil, false
@@ -397,9 +410,40 @@ func (b *Batcher) takeLocked(r *request, items, longest *int) int {
 		r.elem = nil
 		b.depth--
 		b.metrics.setDepth(b.depth)
-		b.metrics.queued(time.Since(r.enqueued))
 	}
 	return n
+}
+
+// trimLocked cuts batch (of items items) down to the largest preferred
+// size and puts the cut items back at the head of their queues, in order.
+func (b *Batcher) trimLocked(batch []slice, items int) []slice {
+	target := 0
+	for _, p := range b.cfg.PreferredBatchSizes {
+		if p <= items && p > target {
+			target = p
+		}
+	}
+	if target == 0 || target == items {
+		return batch
+	}
+	for surplus := items - target; surplus > 0; {
+		last := &batch[len(batch)-1]
+		n := min(surplus, last.end-last.start)
+		last.end -= n
+		surplus -= n
+		r := last.req
+		r.next -= n
+		if r.elem == nil && !r.finished {
+			// It had been taken whole, from the head: it goes back there.
+			r.elem = b.levels[r.priority].PushFront(r)
+			b.depth++
+		}
+		if last.end == last.start {
+			batch = batch[:len(batch)-1]
+		}
+	}
+	b.metrics.setDepth(b.depth)
+	return batch
 }
 
 // tokenCapReachedLocked reports whether the head's next item would
@@ -438,6 +482,9 @@ func (b *Batcher) execute(batch []slice) {
 		tokens int
 	)
 	for _, s := range live {
+		if s.end == len(s.req.items) {
+			b.metrics.queued(time.Since(s.req.enqueued))
+		}
 		for _, it := range s.req.items[s.start:s.end] {
 			seqs = append(seqs, it)
 			tokens += len(it)

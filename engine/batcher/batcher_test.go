@@ -243,6 +243,41 @@ func TestBatchCappedByPaddedTokens(t *testing.T) {
 	}
 }
 
+// A gathered batch is cut to the largest preferred size; the rest stays
+// at the head of the queue, in order, for the next batch.
+func TestPreferredBatchSizes(t *testing.T) {
+	g := newGatedRunner(true)
+	cfg := testConfig()
+	cfg.PreferredBatchSizes = []int{1, 2, 4, 8}
+	b := newBatcher(t, cfg, g)
+	ctx := context.Background()
+
+	first := doAsync(t, ctx, b, 1, seq(1, 1))
+	g.waitStarted(t)
+	chs := []chan result{
+		doAsync(t, ctx, b, 1, seq(2, 1), seq(3, 1), seq(4, 1)),
+		doAsync(t, ctx, b, 1, seq(5, 1), seq(6, 1)),
+		doAsync(t, ctx, b, 1, seq(7, 1), seq(8, 1)),
+	}
+	for range 3 {
+		g.release()
+		g.waitStarted(t)
+	}
+	g.release()
+	get(t, first)
+	for _, ch := range chs {
+		r := get(t, ch)
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	// Seven queued items run as 4 then 2 then 1, never padded.
+	want := [][]int32{{1}, {2, 3, 4, 5}, {6, 7}, {8}}
+	if got := g.firstTokens(); !slices.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("batches %v, want %v", got, want)
+	}
+}
+
 // A full batch goes at once, without waiting out max_queue_delay.
 func TestFullBatchDoesNotWaitForQueueDelay(t *testing.T) {
 	g := newGatedRunner(false)

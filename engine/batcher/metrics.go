@@ -38,7 +38,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"model", "outcome"}),
 		queue: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "infergate_engine_queue_duration_seconds",
-			Help:    "Time from a request's arrival in the queue until its last item was taken into a batch.",
+			Help:    "Time from a request's arrival in the queue until the batch holding its last item started.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14),
 		}, []string{"model"}),
 		compute: prometheus.NewHistogramVec(prometheus.HistogramOpts{
