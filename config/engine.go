@@ -60,11 +60,11 @@ type EngineModel struct {
 	Workers int `yaml:"workers"`
 	// PriorityLevels is the number of priorities, 0 (lowest) to
 	// PriorityLevels-1 (highest), chosen per request by the
-	// x-infergate-priority header. Triton: priority_levels (where 1 is the
-	// highest). Default 3.
+	// x-infergate-priority header (route policies send 1..9). Triton:
+	// priority_levels (where 1 is the highest). Default 10.
 	PriorityLevels int `yaml:"priority_levels"`
 	// DefaultPriority applies to requests without the header.
-	// Triton: default_priority_level. Default 1.
+	// Triton: default_priority_level. Default 5 (the policy default).
 	DefaultPriority *int `yaml:"default_priority"`
 	// Timeout is a request's deadline from arrival; past it the request
 	// gets 504 and is never computed. Triton: default_queue_policy
@@ -116,8 +116,8 @@ const (
 	DefaultMaxQueueDelay      = 2 * time.Millisecond
 	DefaultQueueSize          = 512
 	DefaultWorkers            = 1
-	DefaultPriorityLevels     = 3
-	DefaultPriority           = 1
+	DefaultPriorityLevels     = 10
+	DefaultPriority           = 5
 	DefaultRequestTimeout     = 30 * time.Second
 	DefaultMaxInputs          = 2048
 	DefaultMaxInputChars      = 32768

@@ -17,7 +17,7 @@ func TestEngineDefaults(t *testing.T) {
 		t.Fatalf("default model %+v", m)
 	}
 	if m.MaxBatchSize != 32 || m.MaxBatchTokens != 8192 || *m.MaxQueueDelay != 2*time.Millisecond || m.QueueSize != 512 ||
-		m.Workers != 1 || m.PriorityLevels != 3 || *m.DefaultPriority != 1 || m.Timeout != 30*time.Second ||
+		m.Workers != 1 || m.PriorityLevels != 10 || *m.DefaultPriority != 5 || m.Timeout != 30*time.Second ||
 		m.MaxInputs != 2048 || m.MaxInputChars != 32768 {
 		t.Fatalf("default batching knobs %+v", m)
 	}

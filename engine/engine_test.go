@@ -339,7 +339,7 @@ func TestErrorStatuses(t *testing.T) {
 		{"token arrays", "/v1/embeddings", `{"input":[[1,2,3]]}`, nil, 400, "token arrays"},
 		{"bad encoding", "/v1/embeddings", `{"input":"x","encoding_format":"hex"}`, nil, 400, "encoding_format"},
 		{"dimensions", "/v1/embeddings", `{"input":"x","dimensions":2}`, nil, 400, "4-dimensional"},
-		{"bad priority", "/v1/embeddings", `{"input":"x"}`, []string{PriorityHeader, "7"}, 400, PriorityHeader},
+		{"bad priority", "/v1/embeddings", `{"input":"x"}`, []string{PriorityHeader, "12"}, 400, "from 0 to 9"},
 		{"unknown model", "/v1/embeddings", `{"input":"x","model":"gpt-9"}`, nil, 404, "gpt-9"},
 		{"body too large", "/v1/embeddings", `{"input":"` + strings.Repeat("a", 5000) + `"}`, nil, 413, "max_body_bytes"},
 		{"too many inputs", "/v1/embeddings", `{"input":["a","b","c","d"]}`, nil, 413, "max_inputs"},
