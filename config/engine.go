@@ -19,6 +19,10 @@ type Engine struct {
 	// MaxBodyBytes caps a request body; larger bodies get 413.
 	// Default 2 MiB (TEI's payload_limit).
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// EmbeddingCacheBytes bounds the engine's per-input embedding cache
+	// (model + exact text → vector, LRU), which lets a request compute only
+	// the inputs not seen before. 0 turns it off. Default 64 MiB.
+	EmbeddingCacheBytes *int64 `yaml:"embedding_cache_bytes"`
 	// Models are served under their names. Default: one model "use-lite"
 	// of kind use-lite in models/use-lite.
 	Models []EngineModel `yaml:"models"`
@@ -109,6 +113,7 @@ const (
 	DefaultEngineListen       = "127.0.0.1:8080"
 	DefaultEngineBackend      = "simplego"
 	DefaultEngineMaxBodyBytes = 2 << 20
+	DefaultEmbeddingCache     = 64 << 20
 	DefaultModelName          = "use-lite"
 	DefaultModelPath          = "models/use-lite"
 	DefaultMaxBatchSize       = 32
@@ -133,6 +138,10 @@ func (e *Engine) setDefaults() {
 	}
 	if e.MaxBodyBytes == 0 {
 		e.MaxBodyBytes = DefaultEngineMaxBodyBytes
+	}
+	if e.EmbeddingCacheBytes == nil {
+		n := int64(DefaultEmbeddingCache)
+		e.EmbeddingCacheBytes = &n
 	}
 	if len(e.Models) == 0 {
 		e.Models = []EngineModel{{Name: DefaultModelName, Kind: "use-lite", Path: DefaultModelPath}}
@@ -222,6 +231,9 @@ func (e *Engine) validate() error {
 	}
 	if e.MaxBodyBytes < 1024 {
 		errs = append(errs, fmt.Errorf("engine.max_body_bytes: %d is below the minimum of 1024", e.MaxBodyBytes))
+	}
+	if e.EmbeddingCacheBytes != nil && *e.EmbeddingCacheBytes < 0 {
+		errs = append(errs, fmt.Errorf("engine.embedding_cache_bytes: %d must not be negative (0 turns the cache off)", *e.EmbeddingCacheBytes))
 	}
 	seen := map[string]bool{}
 	for i := range e.Models {

@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/infergate/infergate/engine/batcher"
+	"github.com/infergate/infergate/engine/embedcache"
 	"github.com/infergate/infergate/engine/model"
 	"github.com/infergate/infergate/internal/ops"
 )
@@ -151,29 +152,54 @@ func (s *Server) embedChecked(r *http.Request, sv *served, texts []string) (embe
 	}
 	enc := sv.enc
 	maxTokens := enc.MaxTokens()
-	items := make([][]int32, len(texts))
+	ids := make([][]int32, len(texts))
 	tokens := 0
 	for i, t := range texts {
-		ids, err := enc.Tokenize(t)
+		seq, err := enc.Tokenize(t)
 		if err != nil {
 			if errors.Is(err, model.ErrUntokenizable) {
 				return embedResult{}, errorf(http.StatusUnprocessableEntity, "input %d: %v", i, err)
 			}
 			return embedResult{}, fmt.Errorf("model %s: tokenizing input %d: %w", m.Name, i, err)
 		}
-		if len(ids) == 0 {
+		if len(seq) == 0 {
 			return embedResult{}, errorf(http.StatusUnprocessableEntity, "input %d has no tokens", i)
 		}
-		if len(ids) > maxTokens {
-			ids = ids[:maxTokens]
-		}
-		items[i] = ids
-		tokens += len(ids)
+		ids[i] = seq[:min(len(seq), maxTokens)]
+		tokens += len(ids[i])
 	}
 
-	ctx, cancel := context.WithTimeout(r.Context(), m.Timeout)
-	defer cancel()
-	vecs, err := sv.batch.Do(ctx, items, priority)
+	// Inputs embedded before come from the reuse cache; usage still
+	// counts every input's tokens, so a response does not depend on what
+	// others asked earlier.
+	items, plan := ids, (*embedcache.Plan)(nil)
+	if s.reuse != nil {
+		plan = s.reuse.Split(m.Name, texts)
+		byText := make(map[string][]int32, len(texts))
+		for i, t := range texts {
+			byText[t] = ids[i]
+		}
+		items = make([][]int32, len(plan.Compute))
+		for j, t := range plan.Compute {
+			items[j] = byText[t]
+		}
+	}
+	var vecs [][]float32
+	var err error
+	if len(items) > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), m.Timeout)
+		defer cancel()
+		vecs, err = sv.batch.Do(ctx, items, priority)
+	} else {
+		s.metrics.Count(m.Name, batcher.OutcomeSuccess) // every input reused
+	}
+	if err == nil && plan != nil {
+		counts := make([]int, len(items))
+		for j, it := range items {
+			counts[j] = len(it)
+		}
+		vecs, err = s.reuse.Merge(plan, vecs, counts)
+	}
 	switch {
 	case err == nil:
 		return embedResult{vectors: vecs, tokens: tokens}, nil

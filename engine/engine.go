@@ -26,6 +26,7 @@ import (
 
 	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/engine/batcher"
+	"github.com/infergate/infergate/engine/embedcache"
 	"github.com/infergate/infergate/engine/model"
 	"github.com/infergate/infergate/engine/model/onnxenc"
 	"github.com/infergate/infergate/engine/model/uselite"
@@ -45,9 +46,11 @@ type Server struct {
 	log     *slog.Logger
 	reg     *prometheus.Registry
 	metrics *batcher.Metrics
-	load    loadFunc
-	models  map[string]*served
-	order   []*served // config order, for /v1/models
+	// reuse answers inputs seen before; nil when turned off.
+	reuse  *embedcache.Cache
+	load   loadFunc
+	models map[string]*served
+	order  []*served // config order, for /v1/models
 
 	mux      *http.ServeMux
 	srv      *http.Server
@@ -73,12 +76,15 @@ type served struct {
 // New builds the engine for cfg (already defaulted and validated by the
 // config package). Nothing is bound or loaded until Listen and Serve.
 func New(cfg config.Engine, log *slog.Logger) (*Server, error) {
-	s := newServer(cfg, log, nil)
+	s, err := newServer(cfg, log, nil)
+	if err != nil {
+		return nil, err
+	}
 	s.load = s.loadEncoder
 	return s, nil
 }
 
-func newServer(cfg config.Engine, log *slog.Logger, load loadFunc) *Server {
+func newServer(cfg config.Engine, log *slog.Logger, load loadFunc) (*Server, error) {
 	s := &Server{
 		cfg:    cfg,
 		log:    log,
@@ -88,6 +94,13 @@ func newServer(cfg config.Engine, log *slog.Logger, load loadFunc) *Server {
 		mux:    http.NewServeMux(),
 	}
 	s.metrics = batcher.NewMetrics(s.reg)
+	if cfg.EmbeddingCacheBytes != nil && *cfg.EmbeddingCacheBytes > 0 {
+		c, err := embedcache.New(*cfg.EmbeddingCacheBytes, s.reg)
+		if err != nil {
+			return nil, err
+		}
+		s.reuse = c
+	}
 	for _, m := range cfg.Models {
 		sv := &served{cfg: m}
 		s.models[m.Name] = sv
@@ -99,7 +112,7 @@ func newServer(cfg config.Engine, log *slog.Logger, load loadFunc) *Server {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	return s
+	return s, nil
 }
 
 // Name implements ops.Service.

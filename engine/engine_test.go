@@ -95,7 +95,10 @@ type testEngine struct {
 // start serves cfg with load and returns once the listener is bound.
 func start(t *testing.T, cfg config.Engine, load loadFunc) *testEngine {
 	t.Helper()
-	s := newServer(cfg, slog.New(slog.DiscardHandler), load)
+	s, err := newServer(cfg, slog.New(slog.DiscardHandler), load)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Listen(); err != nil {
 		t.Fatal(err)
 	}
@@ -319,6 +322,42 @@ func TestKServeInfer(t *testing.T) {
 		if fmt.Sprint(o.Data) != fmt.Sprint(want) {
 			t.Fatalf("row-major data %v, want the OpenAI vectors %v", o.Data, want)
 		}
+	}
+}
+
+// Inputs embedded before are not computed again; the response, usage
+// included, is the same as when they were.
+func TestEmbeddingReuse(t *testing.T) {
+	enc := &wordEncoder{}
+	te := startReady(t, engineConfig(t, ""), enc)
+	items := enc.items.Load()
+	status, _, first := te.post(t, "/v1/embeddings", `{"input":["red fox","blue whale"]}`)
+	if status != http.StatusOK || enc.items.Load() != items+2 {
+		t.Fatalf("first request: %d, %d items computed", status, enc.items.Load()-items)
+	}
+	status, _, second := te.post(t, "/v1/embeddings", `{"input":["blue whale","green frog","red fox","green frog"]}`)
+	if status != http.StatusOK {
+		t.Fatalf("status %d: %s", status, second)
+	}
+	if got := enc.items.Load() - items; got != 3 {
+		t.Fatalf("%d items computed in all, want 3 (green frog once)", got)
+	}
+	a, b := decodeEmbeddings(t, first), decodeEmbeddings(t, second)
+	if string(a.Data[1].Embedding) != string(b.Data[0].Embedding) || string(a.Data[0].Embedding) != string(b.Data[2].Embedding) ||
+		string(b.Data[1].Embedding) != string(b.Data[3].Embedding) {
+		t.Fatalf("reused vectors differ:\n%s\n%s", first, second)
+	}
+	if b.Usage.PromptTokens != 8 {
+		t.Fatalf("usage %+v, want all 8 tokens counted", b.Usage)
+	}
+	// A request answered entirely from the cache.
+	status, _, third := te.post(t, "/v1/embeddings", `{"input":"red fox"}`)
+	if status != http.StatusOK || enc.items.Load()-items != 3 || string(decodeEmbeddings(t, third).Data[0].Embedding) != string(a.Data[0].Embedding) {
+		t.Fatalf("cached request: %d %s", status, third)
+	}
+	_, _, metrics := te.get(t, "/metrics")
+	if metricValue(string(metrics), "infergate_engine_embedcache_hits_total") != 3 {
+		t.Fatalf("embedcache hits not 3:\n%s", metrics)
 	}
 }
 

@@ -40,8 +40,9 @@ func useLiteDir(t *testing.T) string {
 }
 
 // startUseLite serves the real model through New, as `infergate engine`
-// does. One engine serves all tests of this file: loading and compiling
-// the shape buckets is the slow part.
+// does, without embedding reuse so that every request reaches the model.
+// One engine serves all tests of this file: loading and compiling the
+// shape buckets is the slow part.
 func startUseLite(t *testing.T) *testEngine {
 	t.Helper()
 	dir := useLiteDir(t)
@@ -49,6 +50,7 @@ func startUseLite(t *testing.T) *testEngine {
 		c, err := config.Parse("test.yaml", []byte(fmt.Sprintf(`
 engine:
   listen: 127.0.0.1:0
+  embedding_cache_bytes: 0
   models:
   - name: use-lite
     path: %s

@@ -247,6 +247,9 @@ func (p *benchPlan) engineMode(ctx context.Context, log io.Writer, mode string, 
 	cfg := base
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Models = []config.EngineModel{m}
+	// Measure the batcher and the model, not the reuse of repeated texts.
+	noReuse := int64(0)
+	cfg.EmbeddingCacheBytes = &noReuse
 	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	srv, err := engine.New(cfg, quiet)
 	if err != nil {

@@ -21,7 +21,8 @@ type Target struct {
 	// URL is the engine's base URL, e.g. http://127.0.0.1:8080.
 	URL   string
 	Model string
-	// Texts are cycled through, InputsPerRequest at a time (default 1).
+	// Texts are cycled through, InputsPerRequest at a time (default 1),
+	// marked with the round after the first so that none repeats.
 	Texts            []string
 	InputsPerRequest int
 	// Client defaults to one with enough idle connections for the load.
@@ -44,7 +45,12 @@ func (t *Target) body() ([]byte, int) {
 	n := max(1, t.InputsPerRequest)
 	in := make([]string, n)
 	for i := range in {
-		in[i] = t.Texts[int(t.next.Add(1)-1)%len(t.Texts)]
+		k := int(t.next.Add(1) - 1)
+		in[i] = t.Texts[k%len(t.Texts)]
+		if round := k / len(t.Texts); round > 0 {
+			// Never repeat a text, so no cache can answer it.
+			in[i] += " (" + strconv.Itoa(round) + ")"
+		}
 	}
 	b, _ := json.Marshal(map[string]any{"model": t.Model, "input": in})
 	return b, n
