@@ -9,7 +9,7 @@ import (
 
 func TestEngineDefaults(t *testing.T) {
 	e := Default().Engine
-	if e.Backend != "simplego" || e.MaxBodyBytes != 2<<20 || len(e.Models) != 1 {
+	if e.Backend != "simplego" || e.MaxBodyBytes != 2<<20 || *e.EmbeddingCacheBytes != 64<<20 || len(e.Models) != 1 {
 		t.Fatalf("engine defaults %+v", e)
 	}
 	m := e.Models[0]
@@ -66,6 +66,7 @@ func TestEngineONNXDefaults(t *testing.T) {
 func TestEngineValidation(t *testing.T) {
 	tests := []struct{ name, yaml, want string }{
 		{"backend", "engine:\n  backend: tpu\n", "engine.backend"},
+		{"cache", "engine:\n  embedding_cache_bytes: -1\n", "engine.embedding_cache_bytes"},
 		{"body", "engine:\n  max_body_bytes: 10\n", "engine.max_body_bytes"},
 		{"name", "engine:\n  models:\n  - name: a/b\n", "engine.models[0] (a/b).name"},
 		{"duplicate", "engine:\n  models:\n  - name: a\n  - name: a\n", "used by an earlier model"},
