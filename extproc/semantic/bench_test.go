@@ -73,8 +73,14 @@ func buildBenchCache(b *testing.B, n int, hnsw bool) *benchCache {
 	for i := range n {
 		q := fmt.Sprintf("question number %d about topic %d", i, i%977)
 		table[q] = vecs[i]
-		if err := c.Store(context.Background(), req("acme", "s", q), StoredResponse{Body: body}); err != nil {
+		r := req("acme", "s", q)
+		r.Policy.TTL = time.Hour // the build must not outlast the entries
+		p, ttl, err := c.storable(r)
+		if err != nil {
 			b.Fatal(err)
+		}
+		if out := c.storeNow(context.Background(), p, r, StoredResponse{Body: body}, ttl); out != storeStored {
+			b.Fatal(out)
 		}
 	}
 	build := time.Since(start)

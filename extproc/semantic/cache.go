@@ -151,7 +151,8 @@ type Cache struct {
 	inFlight chan struct{}
 	recent   *vectorMemo
 	now      func() time.Time
-	share    *sharer // nil without Redis
+	share    *sharer        // nil without Redis
+	bg       sync.WaitGroup // Stores embedding in the background
 
 	mu      sync.RWMutex
 	scopes  map[string]*scope
@@ -390,35 +391,75 @@ func (c *Cache) embed(ctx context.Context, p prepared) ([]float32, string) {
 
 // Store keeps resp as the answer to req's question for the route's TTL
 // (capped by Config.MaxTTL), and shares it with the other replicas when the
-// route's policy asks for a shared cache. It may make an embedding call
-// (none when Lookup embedded the same question recently), so the server
-// calls it off the response path. An error says why nothing was stored;
-// it is never the client's concern.
+// route's policy asks for a shared cache. It does not wait for the engine:
+// when Lookup did not embed the question already (it skips the embedding
+// in a scope that is still empty), the embedding runs in the background,
+// bounded like lookups' and skipped when the engine is saturated. An error
+// says why the request cannot be stored at all; it is never the client's
+// concern.
 func (c *Cache) Store(ctx context.Context, req Request, resp StoredResponse) error {
-	p, err := prepare(req)
+	p, ttl, err := c.storable(req)
 	if err != nil {
+		c.met.stores.WithLabelValues(outcomeUncacheable).Inc()
 		return err
 	}
+	resp = cloneResponse(resp)
+	if vec := c.recent.get(p.key); vec != nil {
+		c.met.stores.WithLabelValues(c.storeVector(ctx, p, req, resp, vec, ttl)).Inc()
+		return nil
+	}
+	ctx = context.WithoutCancel(ctx)
+	c.bg.Go(func() {
+		_ = c.storeNow(ctx, p, req, resp, ttl)
+	})
+	return nil
+}
+
+// storeNow embeds and stores, waiting for the embedding.
+func (c *Cache) storeNow(ctx context.Context, p prepared, req Request, resp StoredResponse, ttl time.Duration) string {
+	vec, outcome := c.embed(ctx, p)
+	if vec != nil {
+		outcome = c.storeVector(ctx, p, req, resp, vec, ttl)
+	}
+	c.met.stores.WithLabelValues(outcome).Inc()
+	return outcome
+}
+
+func (c *Cache) storable(req Request) (prepared, time.Duration, error) {
+	p, err := prepare(req)
+	if err != nil {
+		return prepared{}, 0, err
+	}
 	if utf8.RuneCountInString(p.question) > c.cfg.MaxTextRunes {
-		return fmt.Errorf("%w: question longer than %d characters", ErrNotSemantic, c.cfg.MaxTextRunes)
+		return prepared{}, 0, fmt.Errorf("%w: question longer than %d characters", ErrNotSemantic, c.cfg.MaxTextRunes)
 	}
 	ttl := min(req.Policy.TTL, c.cfg.MaxTTL)
 	if ttl <= 0 {
-		return errors.New("semantic: no TTL")
+		return prepared{}, 0, fmt.Errorf("%w: no TTL", ErrNotSemantic)
 	}
-	vec, outcome := c.embed(ctx, p)
-	if vec == nil {
-		return fmt.Errorf("semantic: no embedding (%s)", outcome)
-	}
-	e := &entry{key: p.key, scope: p.scope, question: p.question, vec: vec, resp: cloneResponse(resp), expires: c.now().Add(ttl)}
+	return p, ttl, nil
+}
+
+// Store outcomes, the "outcome" label of infergate_semantic_stores_total
+// (with uncacheable, embed_failed and saturated as for lookups).
+const (
+	storeStored   = "stored"
+	storeTooLarge = "too_large"
+)
+
+func (c *Cache) storeVector(ctx context.Context, p prepared, req Request, resp StoredResponse, vec []float32, ttl time.Duration) string {
+	e := &entry{key: p.key, scope: p.scope, question: p.question, vec: vec, resp: resp, expires: c.now().Add(ttl)}
 	if !c.insert(e) {
-		return errors.New("semantic: entry larger than the memory bound")
+		return storeTooLarge
 	}
 	if req.Policy.SharedCache && c.share != nil {
 		c.share.publish(ctx, e)
 	}
-	return nil
+	return storeStored
 }
+
+// Wait returns when the background embeddings of earlier Stores are done.
+func (c *Cache) Wait() { c.bg.Wait() }
 
 func cloneResponse(r StoredResponse) StoredResponse {
 	out := StoredResponse{Status: r.Status, Body: append([]byte(nil), r.Body...)}
@@ -560,6 +601,7 @@ func (c *Cache) Bytes() int64 {
 // keeps this replica's index in step with the others, until ctx is done.
 func (c *Cache) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	defer c.bg.Wait()
 	defer wg.Wait()
 	if c.share != nil {
 		wg.Go(func() { c.share.follow(ctx) })

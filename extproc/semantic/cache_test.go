@@ -49,6 +49,7 @@ func mustStore(t *testing.T, c *Cache, r Request, resp StoredResponse) {
 	if err := c.Store(context.Background(), r, resp); err != nil {
 		t.Fatalf("Store: %v", err)
 	}
+	c.Wait()
 }
 
 func TestParaphraseIsAHitWithHeaders(t *testing.T) {
@@ -133,8 +134,12 @@ func TestEngineDownIsAMiss(t *testing.T) {
 	if got := counterValue(c.met.lookups.WithLabelValues(outcomeEmbedFailed)); got != 1 {
 		t.Errorf("embed_failed lookups = %v, want 1", got)
 	}
-	if err := c.Store(context.Background(), req("acme", "s", "Another question"), answer("b")); err == nil {
-		t.Error("Store without an embedding reported success")
+	if err := c.Store(context.Background(), req("acme", "s", "Another question"), answer("b")); err != nil {
+		t.Errorf("Store: %v", err)
+	}
+	c.Wait()
+	if got := counterValue(c.met.stores.WithLabelValues(outcomeEmbedFailed)); got != 1 || c.Len() != 1 {
+		t.Errorf("after a store without embedding: %v embed_failed stores, %d entries; want 1 and 1", got, c.Len())
 	}
 }
 

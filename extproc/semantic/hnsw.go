@@ -15,7 +15,7 @@ type HNSWParams struct {
 	// M is the number of links a node keeps per layer (2M on layer 0).
 	// Default 16.
 	M int
-	// EfConstruction is the candidate list size while inserting. Default 200.
+	// EfConstruction is the candidate list size while inserting. Default 100.
 	EfConstruction int
 	// EfSearch is the candidate list size while searching. Default 64.
 	EfSearch int
@@ -26,7 +26,7 @@ func (p *HNSWParams) setDefaults() {
 		p.M = 16
 	}
 	if p.EfConstruction <= 0 {
-		p.EfConstruction = 200
+		p.EfConstruction = 100
 	}
 	if p.EfSearch <= 0 {
 		p.EfSearch = 64
@@ -114,8 +114,9 @@ func (h *hnswIndex) add(id uint64, vec []float32) {
 	}
 }
 
-// link adds n to m's neighbours on layer l, pruning m's list with the
-// same heuristic when it overflows.
+// link adds n to m's neighbours on layer l. An overflowing list keeps
+// its most similar members: re-running the diversity heuristic here costs
+// a quadratic number of dot products on every insert, for little recall.
 func (h *hnswIndex) link(m, n int32, l int) {
 	links := append(h.nodes[m].links[l], n)
 	if len(links) <= h.maxLinks(l) {
@@ -127,7 +128,11 @@ func (h *hnswIndex) link(m, n int32, l int) {
 		cands[i] = scored{idx: x, sim: dot(h.nodes[m].vec, h.nodes[x].vec)}
 	}
 	sortScoredDesc(cands)
-	h.nodes[m].links[l] = h.selectNeighbors(cands, h.maxLinks(l))
+	kept := links[:0]
+	for _, c := range cands[:h.maxLinks(l)] {
+		kept = append(kept, c.idx)
+	}
+	h.nodes[m].links[l] = kept
 }
 
 // selectNeighbors is the paper's heuristic (algorithm 4): keep a candidate

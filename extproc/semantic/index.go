@@ -84,4 +84,6 @@ func (f *flatIndex) search(q []float32, k int) []neighbor {
 
 func (f *flatIndex) len() int { return len(f.ids) }
 
-func (f *flatIndex) linkBytes() int { return 8 + 8 + 16 } // id, position, map slot
+// linkBytes counts the index's own copy of the vector: a contiguous
+// array keeps the scan sequential in memory.
+func (f *flatIndex) linkBytes() int { return 4*f.dim + 8 + 8 + 16 }

@@ -4,6 +4,7 @@ import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
 	lookups        *prometheus.CounterVec
+	stores         *prometheus.CounterVec
 	refusals       *prometheus.CounterVec
 	evictions      *prometheus.CounterVec
 	lookupSeconds  prometheus.Histogram
@@ -19,6 +20,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "infergate_semantic_lookups_total",
 			Help: "Semantic cache lookups by outcome: hit, miss, refused (guard), empty (nothing stored in scope), uncacheable, embed_failed, saturated.",
+		}, []string{"outcome"}),
+		stores: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "infergate_semantic_stores_total",
+			Help: "Responses offered to the semantic cache by outcome: stored, uncacheable, embed_failed, saturated, too_large.",
 		}, []string{"outcome"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "infergate_semantic_guard_refusals_total",
@@ -56,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Entries exchanged through Redis: published, applied (from other replicas), failed (Redis errors).",
 		}, []string{"op"}),
 	}
-	for _, c := range []prometheus.Collector{m.lookups, m.refusals, m.evictions, m.lookupSeconds, m.embedSeconds, m.bestSimilarity, m.entries, m.bytes, m.shared} {
+	for _, c := range []prometheus.Collector{m.lookups, m.stores, m.refusals, m.evictions, m.lookupSeconds, m.embedSeconds, m.bestSimilarity, m.entries, m.bytes, m.shared} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

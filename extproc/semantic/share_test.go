@@ -88,9 +88,7 @@ func TestReplicasShareHitsThroughRedis(t *testing.T) {
 	client := startRedis(t)
 	a, b := replica(t, client), replica(t, client)
 
-	if err := a.Store(context.Background(), sharedReq("How do I reset my password?"), answer("answered by A")); err != nil {
-		t.Fatal(err)
-	}
+	mustStore(t, a, sharedReq("How do I reset my password?"), answer("answered by A"))
 	hit := eventuallyHit(t, b, sharedReq("How can I reset my password?"))
 	if string(hit.Response.Body) != "answered by A" || hit.Response.Status != 200 || hit.Response.Headers[0][0] != "content-type" {
 		t.Fatalf("B served %+v", hit.Response)
@@ -106,9 +104,7 @@ func TestReplicasShareHitsThroughRedis(t *testing.T) {
 
 	// entries of routes without a shared cache stay on their replica
 	local := req("acme", "You are a support bot.", "Where is my invoice?")
-	if err := b.Store(context.Background(), local, answer("local")); err != nil {
-		t.Fatal(err)
-	}
+	mustStore(t, b, local, answer("local"))
 	time.Sleep(300 * time.Millisecond)
 	if _, ok := a.Lookup(context.Background(), local); ok {
 		t.Error("an unshared entry reached another replica")
@@ -128,9 +124,7 @@ func TestRedisDownLeavesTheLocalCacheWorking(t *testing.T) {
 	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
 	defer client.Close()
 	c := replica(t, client)
-	if err := c.Store(context.Background(), sharedReq("How do I reset my password?"), answer("a")); err != nil {
-		t.Fatal(err)
-	}
+	mustStore(t, c, sharedReq("How do I reset my password?"), answer("a"))
 	if _, ok := c.Lookup(context.Background(), sharedReq("How can I reset my password?")); !ok {
 		t.Fatal("local hit lost while Redis is down")
 	}
