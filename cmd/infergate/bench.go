@@ -227,7 +227,7 @@ func (p *benchPlan) inProcess(ctx context.Context, log io.Writer, base config.En
 			rs, err = p.engineMode(ctx, log, "dynamic", base, p.model)
 		case "unbatched":
 			m := p.model
-			m.MaxBatchSize = 1
+			m.MaxBatchSize, m.PreferredBatchSizes = 1, []int{1}
 			rs, err = p.engineMode(ctx, log, "unbatched", base, m)
 		case "ceiling":
 			rs, err = p.ceiling(ctx, log)
