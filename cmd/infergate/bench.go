@@ -259,18 +259,24 @@ func (p *benchPlan) engineMode(ctx context.Context, log io.Writer, mode string, 
 		return nil, err
 	}
 	sctx, stop := context.WithCancel(ctx)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(sctx) }()
+	var serveErr error
+	served := make(chan struct{})
+	go func() { serveErr = srv.Serve(sctx); close(served) }()
 	defer func() { stop(); <-served }()
 	url := "http://" + srv.Addr()
 	fmt.Fprintf(log, "%s: engine on %s, max_batch_size %d, max_queue_delay %s, workers %d\n", mode, url, m.MaxBatchSize, *m.MaxQueueDelay, m.Workers)
 	if err := waitReady(ctx, url, served); err != nil {
+		if errors.Is(err, errEngineStopped) {
+			return nil, fmt.Errorf("bench: %s engine stopped while loading: %w", mode, serveErr)
+		}
 		return nil, err
 	}
 	return p.sweep(ctx, log, mode, url)
 }
 
-func waitReady(ctx context.Context, url string, served <-chan error) error {
+var errEngineStopped = errors.New("engine stopped")
+
+func waitReady(ctx context.Context, url string, served <-chan struct{}) error {
 	for {
 		resp, err := http.Get(url + "/readyz")
 		if err == nil {
@@ -280,8 +286,8 @@ func waitReady(ctx context.Context, url string, served <-chan error) error {
 			}
 		}
 		select {
-		case err := <-served:
-			return fmt.Errorf("bench: engine stopped while loading: %w", err)
+		case <-served:
+			return errEngineStopped
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
