@@ -650,7 +650,7 @@ var framingWords = func() map[string]bool {
 	for _, w := range strings.Fields(`way ways step steps process possible best easiest good tell give explain
 		describe show need want know like would could should might can will just really please
 		help able there something someone anything mean means meaning use using used usually usual
-		way thing things kind sort type get got getting make making made take taking let lets
+		way thing things kind get got getting make making made take taking let lets
 		time again also still yet already ever even much many very quite too lot lots
 		me us them him her it its i'd i'm i've you'd you're we're they're that's there's what's
 		here where's why's who's when's how's did does doing done have having has had am were being been

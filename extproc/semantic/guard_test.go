@@ -22,6 +22,7 @@ func TestGuardRefusesWhatEmbeddingsBlur(t *testing.T) {
 		{"Is a mile longer than a kilometer?", "Is a kilometer longer than a mile?", refuseOrder},
 		{"How do I cancel my subscription?", "How do I cancel my order?", refuseSwap},
 		{"How do I change my username?", "How can I change my user name?", ""},
+		{"How do I reverse a list in Python?", "How do I sort a list in Python?", refuseSwap},
 		{"convert usd to eur", "convert eur to usd", refuseOrder},
 		{"What is the capital of France?", "What is the capital of Germany?", refuseEntity},
 		{"What is the capital of France?", "what's the capital city of france", ""},
