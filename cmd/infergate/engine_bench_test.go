@@ -1,0 +1,77 @@
+package main
+
+import (
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// `infergate bench --url` against a stand-in engine writes the table and
+// the CSV, JSON and PNG a user asked for; `--from` redraws them from the
+// JSON; bad flags are one clear error.
+func TestBenchAgainstURLAndFrom(t *testing.T) {
+	var served atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/embeddings", func(w http.ResponseWriter, r *http.Request) {
+		served.Add(1)
+		w.Write([]byte(`{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5]}]}`))
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		n := served.Load()
+		fmt.Fprintf(w, "infergate_engine_batch_size_sum{model=\"use-lite\"} %d\ninfergate_engine_batch_size_count{model=\"use-lite\"} %d\n", n, n)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	dir := t.TempDir()
+	out := func(name string) string { return filepath.Join(dir, name) }
+	cmd := infergate("bench", "--url", srv.URL, "--concurrency", "1,4", "--warmup", "50ms", "--duration", "100ms",
+		"--max-windows", "3", "--csv", out("r.csv"), "--json", out("r.json"), "--plot", out("r.png"))
+	stdout, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, stdout)
+	}
+	if !strings.Contains(string(stdout), "c=4") || !strings.Contains(string(stdout), "p99 ms") {
+		t.Fatalf("no result table:\n%s", stdout)
+	}
+	f, err := os.Open(out("r.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := csv.NewReader(f).ReadAll()
+	f.Close()
+	if err != nil || len(rows) != 3 || rows[1][0] != "engine" || rows[2][2] != "4" {
+		t.Fatalf("csv rows %v (%v)", rows, err)
+	}
+	var results []map[string]any
+	data, _ := os.ReadFile(out("r.json"))
+	if err := json.Unmarshal(data, &results); err != nil || len(results) != 2 || results[0]["throughput"].(float64) <= 0 {
+		t.Fatalf("json %s (%v)", data, err)
+	}
+	if png, _ := os.ReadFile(out("r.png")); !bytes.HasPrefix(png, []byte("\x89PNG")) {
+		t.Fatal("plot is not a PNG")
+	}
+
+	redraw := infergate("bench", "--from", out("r.json"), "--plot", out("again.png"))
+	if stdout, err := redraw.Output(); err != nil || !strings.Contains(string(stdout), "c=1") {
+		t.Fatalf("bench --from: %v\n%s", err, stdout)
+	}
+	if _, err := os.Stat(out("again.png")); err != nil {
+		t.Fatal(err)
+	}
+
+	bad := infergate("bench", "--concurrency", "1,x")
+	var stderr bytes.Buffer
+	bad.Stderr = &stderr
+	if err := bad.Run(); err == nil || !strings.Contains(stderr.String(), `"x" is not a number`) {
+		t.Fatalf("bad --concurrency: %v %q", err, stderr.String())
+	}
+}
