@@ -9,7 +9,7 @@ APT_PACKAGES := redis-server
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: deps go-deps apt-deps model build run test e2e fmt-check vet fuzz gpu-check
+.PHONY: deps go-deps apt-deps model build run test e2e fmt-check vet fuzz gpu-check bench-engine
 
 deps: go-deps apt-deps model
 
@@ -39,6 +39,12 @@ build:
 
 run: deps build
 	$(BIN) up -c $(CONFIG)
+
+# Engine throughput and p99, dynamic batching vs unbatched vs the in-process
+# ceiling, on this machine (see BENCHMARKS.md).
+bench-engine: model build
+	$(BIN) bench --concurrency 1,8,32,64 --warmup 3s --window 8s --max-windows 6 \
+	  --csv docs/bench/engine.csv --json docs/bench/engine.json --plot docs/bench/engine.png
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go') $$(git ls-files --others --exclude-standard '*.go')); \

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/infergate/infergate/config"
+	"github.com/infergate/infergate/engine"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -35,6 +36,7 @@ func init() {
 }
 
 func main() {
+	engine.Version = version
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := rootCmd.ExecuteContext(ctx); err != nil {
