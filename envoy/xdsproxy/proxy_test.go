@@ -1,0 +1,349 @@
+package xdsproxy_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/infergate/infergate/config"
+	"github.com/infergate/infergate/envoy/xdsproxy"
+	"github.com/infergate/infergate/extproc"
+	"github.com/infergate/infergate/xds"
+)
+
+// quiet keeps the components' logs out of the test output.
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// upstream is an engine stand-in that says who served the request.
+func upstream(t *testing.T, name string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"served_by":%q,"path":%q}`, name, r.URL.Path)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
+// stack is a real ext_proc server and a real control plane on loopback,
+// and the proxy following the control plane as node "edge-1".
+type stack struct {
+	front     string // the proxy's listener address
+	xdsAdmin  string
+	proxy     *xdsproxy.Proxy
+	extprocIn string
+}
+
+// startStack serves routing (the xds section's listeners, policies and
+// pools, as YAML) with every address on a free loopback port.
+func startStack(t *testing.T, routing string) *stack {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var done []chan error
+	t.Cleanup(func() {
+		cancel()
+		for _, d := range done {
+			if err := <-d; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		}
+	})
+	serve := func(s interface{ Serve(context.Context) error }) {
+		d := make(chan error, 1)
+		done = append(done, d)
+		go func() { d <- s.Serve(ctx) }()
+	}
+
+	yaml := fmt.Sprintf("extproc:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\nxds:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\n%s", routing)
+	path := filepath.Join(t.TempDir(), "infergate.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := extproc.New(cfg.ExtProc, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ep.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	serve(ep)
+	// The control plane points Envoy at the ext_proc server's real port.
+	cfg.ExtProc.Listen = ep.Addr()
+	cp, err := xds.New(cfg, "", quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	serve(cp)
+	p, err := xdsproxy.New(xdsproxy.Config{ADS: cp.ADSAddr(), NodeID: "edge-1", Cluster: "edge", Log: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(p)
+	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+	defer wcancel()
+	front, err := p.WaitServing(wctx, "ingress")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &stack{front: front, xdsAdmin: cp.AdminAddr(), proxy: p, extprocIn: ep.Addr()}
+}
+
+type reply struct {
+	status   int
+	header   http.Header
+	servedBy string
+	body     string
+}
+
+func (s *stack) send(t *testing.T, method, path, body string, header ...string) reply {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+s.front+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var v struct {
+		ServedBy string `json:"served_by"`
+	}
+	_ = json.Unmarshal(data, &v)
+	return reply{status: resp.StatusCode, header: resp.Header, servedBy: v.ServedBy, body: string(data)}
+}
+
+// admin calls the control plane's admin API and wants a 2xx.
+func (s *stack) admin(t *testing.T, method, path, body string) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+s.xdsAdmin+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, data)
+	}
+}
+
+// eventually polls until cond holds; a slow machine only makes it wait
+// longer.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after a minute: %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// nodeStatus is the control plane's record of edge-1, by resource type.
+func (s *stack) nodeStatus(t *testing.T) map[string]xds.TypeStatus {
+	t.Helper()
+	resp, err := http.Get("http://" + s.xdsAdmin + "/v1/nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v struct {
+		Nodes map[string]struct {
+			Types map[string]xds.TypeStatus `json:"types"`
+		} `json:"nodes"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v.Nodes["envoy/edge-1"].Types
+}
+
+// allACKed reports that edge-1 accepted the last version of every type.
+func (s *stack) allACKed(t *testing.T) bool {
+	types := s.nodeStatus(t)
+	for _, typ := range []string{"listener", "route", "cluster", "endpoint"} {
+		ts, ok := types[typ]
+		if !ok || ts.NackedVersion != "" || ts.AckedVersion == "" || ts.AckedVersion != ts.SentVersion {
+			return false
+		}
+	}
+	return true
+}
+
+func twoPools(a, b string) string {
+	return fmt.Sprintf(`  pools:
+    - name: a
+      endpoints: [%s]
+    - name: b
+      endpoints: [%s]
+`, a, b)
+}
+
+// ingress starts the routing every test uses; its responses are not
+// cached, so that each request shows where it was routed.
+const ingress = `  policies:
+    default: {cache: off}
+  listeners:
+    - name: ingress
+      address: 127.0.0.1:0
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+`
+
+func TestRouteChangeFromAdminAPIIsFollowedWithoutRestart(t *testing.T) {
+	a, b := upstream(t, "a"), upstream(t, "b")
+	s := startStack(t, ingress+`            - name: main
+              match: {prefix: /}
+              pool: a
+`+twoPools(a, b))
+	if r := s.send(t, "GET", "/v2/health/ready", ""); r.status != 200 || r.servedBy != "a" {
+		t.Fatalf("before the change: %d from %q: %s", r.status, r.servedBy, r.body)
+	}
+	eventually(t, "edge-1 ACKs every type", func() bool { return s.allACKed(t) })
+	before := s.nodeStatus(t)["route"].AckedVersion
+
+	s.admin(t, "PUT", "/v1/listeners/ingress/routes/main", `{"match": {"prefix": "/"}, "pool": "b"}`)
+	eventually(t, "requests reach pool b", func() bool { return s.send(t, "GET", "/v2/health/ready", "").servedBy == "b" })
+	eventually(t, "edge-1 ACKs the new route version", func() bool {
+		return s.allACKed(t) && s.nodeStatus(t)["route"].AckedVersion != before
+	})
+	if got := s.proxy.Addr("ingress"); got != s.front {
+		t.Fatalf("listener moved from %s to %s: the change should not rebind it", s.front, got)
+	}
+}
+
+// The ext_proc server copies the body's model into x-infergate-model and
+// clears the route cache; the proxy (through the harness) then routes on
+// it, while a request naming another model stays on the path's route.
+func TestModelRouteChosenAfterClearRouteCache(t *testing.T) {
+	a, b := upstream(t, "a"), upstream(t, "b")
+	s := startStack(t, ingress+`            - name: big-model
+              match: {prefix: /v1/, model: big}
+              pool: b
+            - name: main
+              match: {prefix: /}
+              pool: a
+`+twoPools(a, b))
+	for _, c := range []struct{ model, want string }{{"big", "b"}, {"small", "a"}} {
+		r := s.send(t, "POST", "/v1/embeddings", fmt.Sprintf(`{"model":%q,"input":"hello"}`, c.model), "Content-Type", "application/json")
+		if r.status != 200 || r.servedBy != c.want {
+			t.Errorf("model %s: %d from %q, want pool %s: %s", c.model, r.status, r.servedBy, c.want, r.body)
+		}
+	}
+}
+
+func TestHeaderMatchAndWeightedDestinations(t *testing.T) {
+	a, b := upstream(t, "a"), upstream(t, "b")
+	s := startStack(t, ingress+`            - name: canary-opt-in
+              match: {prefix: /, headers: [{name: x-canary, exact: "yes"}]}
+              pool: b
+            - name: split
+              match: {prefix: /}
+              destinations: [{pool: a, weight: 50}, {pool: b, weight: 50}]
+`+twoPools(a, b))
+	for range 5 {
+		if r := s.send(t, "GET", "/v2/health/ready", "", "X-Canary", "yes"); r.servedBy != "b" {
+			t.Fatalf("x-canary: yes went to %q, want b", r.servedBy)
+		}
+	}
+	// With even weights, 60 requests all landing in one pool has odds of
+	// 2^-59: seeing both proves the split without timing or tight counts.
+	seen := map[string]int{}
+	for range 60 {
+		seen[s.send(t, "GET", "/v2/health/ready", "").servedBy]++
+	}
+	if seen["a"] == 0 || seen["b"] == 0 || seen["a"]+seen["b"] != 60 {
+		t.Fatalf("weighted 50/50 split served %v", seen)
+	}
+}
+
+// A pool with no endpoints answers 503 "no healthy upstream"; an engine
+// registering over the admin API arrives through EDS and is used, and
+// leaves again when it deregisters.
+func TestEndpointsFollowEDS(t *testing.T) {
+	a := upstream(t, "a")
+	s := startStack(t, ingress+`            - name: main
+              match: {prefix: /}
+              pool: late
+  pools:
+    - name: late
+`)
+	if r := s.send(t, "GET", "/v2/health/ready", ""); r.status != 503 || r.body != "no healthy upstream" {
+		t.Fatalf("empty pool: %d %q", r.status, r.body)
+	}
+	s.admin(t, "POST", "/v1/pools/late/endpoints", fmt.Sprintf(`{"address": %q}`, a))
+	eventually(t, "the registered engine serves", func() bool { return s.send(t, "GET", "/v2/health/ready", "").servedBy == "a" })
+	s.admin(t, "DELETE", "/v1/pools/late/endpoints/"+a, "")
+	eventually(t, "the deregistered engine is gone", func() bool { return s.send(t, "GET", "/v2/health/ready", "").status == 503 })
+}
+
+// A listener moved onto a port another process holds cannot be bound: the
+// proxy NACKs the update with the reason, the control plane records it,
+// and the listener keeps serving where it was.
+func TestUnbindableListenerIsNACKedAndTheOldOneServes(t *testing.T) {
+	a, b := upstream(t, "a"), upstream(t, "b")
+	s := startStack(t, ingress+`            - name: main
+              match: {prefix: /}
+              pool: a
+`+twoPools(a, b))
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	eventually(t, "edge-1 ACKs every type", func() bool { return s.allACKed(t) })
+
+	s.admin(t, "PUT", "/v1/config", fmt.Sprintf(`{
+		"listeners": [{"name": "ingress", "address": %q, "virtual_hosts": [{"name": "all", "domains": ["*"],
+			"routes": [{"name": "main", "match": {"prefix": "/"}, "pool": "b"}]}]}],
+		"policies": {"default": {"cache": "off"}},
+		"pools": [{"name": "a", "endpoints": [%q]}, {"name": "b", "endpoints": [%q]}]}`, busy.Addr(), a, b))
+	var nack xds.TypeStatus
+	eventually(t, "edge-1 NACKs the listener", func() bool {
+		nack = s.nodeStatus(t)["listener"]
+		return nack.NackedVersion != ""
+	})
+	if !strings.Contains(nack.Error, "cannot bind "+busy.Addr().String()) {
+		t.Errorf("NACK error %q does not say which address could not be bound", nack.Error)
+	}
+	// The route config carried no problem and was applied: the old socket
+	// now routes to b, as Envoy keeps a listener whose update it refused.
+	eventually(t, "the old listener serves the new route", func() bool { return s.send(t, "GET", "/", "").servedBy == "b" })
+}
+
+func TestNewRejectsMissingSettings(t *testing.T) {
+	if _, err := xdsproxy.New(xdsproxy.Config{NodeID: "n"}); err == nil {
+		t.Error("no ADS address accepted")
+	}
+	if _, err := xdsproxy.New(xdsproxy.Config{ADS: "127.0.0.1:1"}); err == nil {
+		t.Error("no node id accepted")
+	}
+}
