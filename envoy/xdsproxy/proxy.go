@@ -72,8 +72,9 @@ type Proxy struct {
 	procs     map[string]*processor    // by config key
 	// changed is closed and replaced whenever the serving state changes.
 	changed chan struct{}
-	// servers tracks the listeners' HTTP servers until they stop.
-	servers sync.WaitGroup
+	// background tracks the listeners' HTTP servers until they stop and
+	// retired processors until they are closed.
+	background sync.WaitGroup
 }
 
 var _ ops.Service = (*Proxy)(nil)
@@ -139,7 +140,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	}
 	p.notifyLocked()
 	p.mu.Unlock()
-	p.servers.Wait()
+	p.background.Wait()
 	p.transport.CloseIdleConnections()
 	return p.conn.Close()
 }
@@ -197,9 +198,9 @@ type frontend struct {
 func (fe *frontend) startLocked() {
 	fe.serving = true
 	fe.srv = &http.Server{Handler: fe, ReadHeaderTimeout: 10 * time.Second}
-	fe.p.servers.Add(1)
+	fe.p.background.Add(1)
 	go func() {
-		defer fe.p.servers.Done()
+		defer fe.p.background.Done()
 		if err := fe.srv.Serve(fe.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			fe.p.log.Error("listener stopped", "listener", fe.conf.name, "error", err)
 		}
@@ -215,9 +216,9 @@ func (fe *frontend) stop() {
 		return
 	}
 	fe.serving = false
-	fe.p.servers.Add(1)
+	fe.p.background.Add(1)
 	go func() {
-		defer fe.p.servers.Done()
+		defer fe.p.background.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), ops.ShutdownGrace)
 		defer cancel()
 		_ = fe.srv.Shutdown(ctx)
@@ -422,7 +423,7 @@ func (p *Proxy) processorLocked(fe *frontend, extProcAddr string, r *route, perR
 		// only the ext_proc address can be wrong here.
 		return nil, err
 	}
-	proc := newProcessor(key, h)
+	proc := newProcessor(key, h, &p.background)
 	used[key] = proc
 	return proc, nil
 }

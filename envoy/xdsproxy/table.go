@@ -165,14 +165,17 @@ type processor struct {
 	key     string
 	h       *harness.Harness
 	handler http.Handler
+	// closing counts the close in the proxy's background work, so that
+	// Serve returns only after every gRPC connection is closed.
+	closing *sync.WaitGroup
 
 	mu      sync.Mutex
 	users   int
 	retired bool
 }
 
-func newProcessor(key string, h *harness.Harness) *processor {
-	return &processor{key: key, h: h, handler: h.Handler()}
+func newProcessor(key string, h *harness.Harness, closing *sync.WaitGroup) *processor {
+	return &processor{key: key, h: h, handler: h.Handler(), closing: closing}
 }
 
 // acquire counts a request in; false when the processor was retired, and
@@ -193,7 +196,7 @@ func (p *processor) release() {
 	last := p.retired && p.users == 0
 	p.mu.Unlock()
 	if last {
-		go p.h.Close()
+		p.close()
 	}
 }
 
@@ -204,6 +207,16 @@ func (p *processor) retire() {
 	idle := p.users == 0
 	p.mu.Unlock()
 	if !already && idle {
-		go p.h.Close()
+		p.close()
 	}
+}
+
+// close runs in the background: the harness waits for its streams'
+// grace periods.
+func (p *processor) close() {
+	p.closing.Add(1)
+	go func() {
+		defer p.closing.Done()
+		_ = p.h.Close()
+	}()
 }
