@@ -51,8 +51,8 @@ xds:
   ext_proc:
     # A race-instrumented build on a busy machine can take longer than the
     # default 500ms to answer; failing open would hide what is tested.
-    message_timeout: 5s
-    max_message_timeout: 10s
+    message_timeout: 10s
+    max_message_timeout: 20s
   listeners:
     - name: ingress
       address: %s

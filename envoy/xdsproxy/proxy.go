@@ -197,15 +197,17 @@ type frontend struct {
 // kernel's backlog, as they do while Envoy warms a listener.
 func (fe *frontend) startLocked() {
 	fe.serving = true
-	fe.srv = &http.Server{Handler: fe, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: fe, ReadHeaderTimeout: 10 * time.Second}
+	fe.srv = srv
+	name, ln, log := fe.conf.name, fe.ln, fe.p.log
 	fe.p.background.Add(1)
 	go func() {
 		defer fe.p.background.Done()
-		if err := fe.srv.Serve(fe.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			fe.p.log.Error("listener stopped", "listener", fe.conf.name, "error", err)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("listener stopped", "listener", name, "error", err)
 		}
 	}()
-	fe.p.log.Info("listener serving", "listener", fe.conf.name, "address", fe.ln.Addr().String())
+	log.Info("listener serving", "listener", name, "address", ln.Addr().String())
 }
 
 // stop drains the listener: in-flight requests finish (up to
@@ -216,12 +218,13 @@ func (fe *frontend) stop() {
 		return
 	}
 	fe.serving = false
+	srv := fe.srv
 	fe.p.background.Add(1)
 	go func() {
 		defer fe.p.background.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), ops.ShutdownGrace)
 		defer cancel()
-		_ = fe.srv.Shutdown(ctx)
+		_ = srv.Shutdown(ctx)
 	}()
 }
 
@@ -248,8 +251,16 @@ func (fe *frontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if served := serveWith(proc, w, r); served {
 			return
 		}
-		// The processor was retired by a config change since the table was
-		// loaded: the table now published no longer holds it.
+		// The processor was retired since the table was loaded. A config
+		// change publishes the new table before retiring anything, so an
+		// unchanged table means the listener is draining.
+		if fe.table.Load() == t {
+			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Connection", "close")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("listener draining"))
+			return
+		}
 	}
 }
 

@@ -347,3 +347,39 @@ func TestNewRejectsMissingSettings(t *testing.T) {
 		t.Error("no node id accepted")
 	}
 }
+
+// A listener the control plane no longer sends stops accepting
+// connections; one it adds starts serving, with no restart.
+func TestListenersComeAndGoWithLDS(t *testing.T) {
+	a, b := upstream(t, "a"), upstream(t, "b")
+	s := startStack(t, ingress+`            - name: main
+              match: {prefix: /}
+              pool: a
+`+twoPools(a, b))
+	s.admin(t, "PUT", "/v1/config", fmt.Sprintf(`{
+		"policies": {"default": {"cache": "off"}},
+		"listeners": [{"name": "edge", "address": "127.0.0.1:0", "virtual_hosts": [{"name": "all", "domains": ["*"],
+			"routes": [{"name": "main", "match": {"prefix": "/"}, "pool": "b"}]}]}],
+		"pools": [{"name": "a", "endpoints": [%q]}, {"name": "b", "endpoints": [%q]}]}`, a, b))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	edge, err := s.proxy.WaitServing(ctx, "edge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := s.front
+	s.front = edge
+	if r := s.send(t, "GET", "/", ""); r.servedBy != "b" {
+		t.Fatalf("new listener: %d from %q", r.status, r.servedBy)
+	}
+	eventually(t, "the removed listener refuses connections", func() bool {
+		conn, err := net.Dial("tcp", old)
+		if err == nil {
+			conn.Close()
+		}
+		return err != nil
+	})
+	if s.proxy.Addr("ingress") != "" {
+		t.Fatal("the removed listener still reports an address")
+	}
+}
