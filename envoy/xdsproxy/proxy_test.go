@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,32 +39,38 @@ func upstream(t *testing.T, name string) string {
 // stack is a real ext_proc server and a real control plane on loopback,
 // and the proxy following the control plane as node "edge-1".
 type stack struct {
-	front     string // the proxy's listener address
-	xdsAdmin  string
-	proxy     *xdsproxy.Proxy
-	extprocIn string
+	front    string // the proxy's listener address
+	xdsAdmin string
+	proxy    *xdsproxy.Proxy
+	// cfg is the config the control plane serves (with the ext_proc
+	// server's real address); stopControlPlane stops it.
+	cfg              config.Config
+	stopControlPlane func()
+}
+
+// serveUntil runs s.Serve until the returned stop is called (at the
+// latest when the test ends) and checks that it returns cleanly.
+func serveUntil(t *testing.T, s interface{ Serve(context.Context) error }) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // startStack serves routing (the xds section's listeners, policies and
 // pools, as YAML) with every address on a free loopback port.
 func startStack(t *testing.T, routing string) *stack {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var done []chan error
-	t.Cleanup(func() {
-		cancel()
-		for _, d := range done {
-			if err := <-d; err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		}
-	})
-	serve := func(s interface{ Serve(context.Context) error }) {
-		d := make(chan error, 1)
-		done = append(done, d)
-		go func() { d <- s.Serve(ctx) }()
-	}
-
 	yaml := fmt.Sprintf("extproc:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\nxds:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\n%s", routing)
 	path := filepath.Join(t.TempDir(), "infergate.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
@@ -80,9 +87,29 @@ func startStack(t *testing.T, routing string) *stack {
 	if err := ep.Listen(); err != nil {
 		t.Fatal(err)
 	}
-	serve(ep)
+	serveUntil(t, ep)
 	// The control plane points Envoy at the ext_proc server's real port.
 	cfg.ExtProc.Listen = ep.Addr()
+	s := &stack{}
+	ads := s.startControlPlane(t, cfg)
+	p, err := xdsproxy.New(xdsproxy.Config{ADS: ads, NodeID: "edge-1", Cluster: "edge", Log: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Registered after the control plane's, so it stops first.
+	serveUntil(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if s.front, err = p.WaitServing(ctx, "ingress"); err != nil {
+		t.Fatal(err)
+	}
+	s.proxy = p
+	return s
+}
+
+// startControlPlane serves cfg and returns its ADS address.
+func (s *stack) startControlPlane(t *testing.T, cfg config.Config) string {
+	t.Helper()
 	cp, err := xds.New(cfg, "", quiet)
 	if err != nil {
 		t.Fatal(err)
@@ -90,19 +117,10 @@ func startStack(t *testing.T, routing string) *stack {
 	if err := cp.Listen(); err != nil {
 		t.Fatal(err)
 	}
-	serve(cp)
-	p, err := xdsproxy.New(xdsproxy.Config{ADS: cp.ADSAddr(), NodeID: "edge-1", Cluster: "edge", Log: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	serve(p)
-	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
-	defer wcancel()
-	front, err := p.WaitServing(wctx, "ingress")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &stack{front: front, xdsAdmin: cp.AdminAddr(), proxy: p, extprocIn: ep.Addr()}
+	s.stopControlPlane = serveUntil(t, cp)
+	s.cfg, s.xdsAdmin = cfg, cp.AdminAddr()
+	s.cfg.XDS.Listen = cp.ADSAddr()
+	return cp.ADSAddr()
 }
 
 type reply struct {
@@ -382,4 +400,23 @@ func TestListenersComeAndGoWithLDS(t *testing.T) {
 	if s.proxy.Addr("ingress") != "" {
 		t.Fatal("the removed listener still reports an address")
 	}
+}
+
+// While the control plane is away the proxy serves what it last applied;
+// a control plane back on the same address is followed again.
+func TestKeepsServingThroughAControlPlaneRestart(t *testing.T) {
+	a, b := upstream(t, "a"), upstream(t, "b")
+	s := startStack(t, ingress+`            - name: main
+              match: {prefix: /}
+              pool: a
+`+twoPools(a, b))
+	s.stopControlPlane()
+	if r := s.send(t, "GET", "/", ""); r.status != 200 || r.servedBy != "a" {
+		t.Fatalf("control plane down: %d from %q: %s", r.status, r.servedBy, r.body)
+	}
+	cfg := s.cfg
+	cfg.XDS.Admin = "127.0.0.1:0"
+	cfg.XDS.Listeners[0].VirtualHosts[0].Routes[0].Pool = "b"
+	s.startControlPlane(t, cfg)
+	eventually(t, "the restarted control plane's route is followed", func() bool { return s.send(t, "GET", "/", "").servedBy == "b" })
 }
