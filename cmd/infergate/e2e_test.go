@@ -127,7 +127,7 @@ engine:
 		t.Log("envoy is on PATH: up started it; testing through the real Envoy")
 	} else {
 		t.Log("no envoy on PATH: testing through envoy/xdsproxy as node", cfg.Envoy.NodeID)
-		startProxy(t, ctx, cfg, front)
+		startProxy(ctx, t, cfg, front)
 	}
 	// The front serves once Envoy (or the proxy) got its config over ADS.
 	if err := waitOK(ctx, exited, "http://"+front+"/v2/health/ready"); err != nil {
@@ -243,7 +243,7 @@ engine:
 
 // startProxy runs envoy/xdsproxy as the Envoy node of cfg and checks that
 // it serves the listener where the config puts it.
-func startProxy(t *testing.T, ctx context.Context, cfg config.Config, front string) {
+func startProxy(ctx context.Context, t *testing.T, cfg config.Config, front string) {
 	t.Helper()
 	p, err := xdsproxy.New(xdsproxy.Config{
 		ADS: cfg.XDS.Listen, NodeID: cfg.Envoy.NodeID, Cluster: cfg.Envoy.Cluster,
