@@ -19,8 +19,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-
-	"github.com/infergate/infergate/envoy/validate"
 )
 
 // subscription is the SotW state of one resource type on the ADS stream.
@@ -238,10 +236,19 @@ func dropUnsubscribed[V any](m map[string]V, names []string) {
 	}
 }
 
+// envoyResource is a generated Envoy resource with its validation rules.
+type envoyResource interface {
+	proto.Message
+	ValidateAll() error
+}
+
 // decodeAll unpacks each resource (unwrapping a discovery Resource),
-// validates it as Envoy does and hands it to use; all errors are joined,
-// each naming its resource.
-func decodeAll[M proto.Message](typeURL string, resources []*anypb.Any, newM func() M, use func(M) (string, error)) error {
+// checks its own validation rules and hands it to use, whose decoders
+// validate in depth every packed config the proxy acts on; configs it
+// ignores (an optional filter, protocol options) are not looked into, so
+// an extension this binary does not link is no reason to refuse. All
+// errors are joined, each naming its resource.
+func decodeAll[M envoyResource](typeURL string, resources []*anypb.Any, newM func() M, use func(M) (string, error)) error {
 	var errs []string
 	seen := map[string]bool{}
 	for i, a := range resources {
@@ -262,7 +269,7 @@ func decodeAll[M proto.Message](typeURL string, resources []*anypb.Any, newM fun
 			errs = append(errs, fmt.Sprintf("resource %d: %v", i, err))
 			continue
 		}
-		if err := validate.Message(m); err != nil {
+		if err := m.ValidateAll(); err != nil {
 			errs = append(errs, fmt.Sprintf("resource %d: %v", i, err))
 			continue
 		}

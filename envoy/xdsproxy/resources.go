@@ -71,8 +71,10 @@ func decodeListener(l *listenerv3.Listener) (*listenerConf, error) {
 	if len(chain.GetFilters()) != 1 {
 		return nil, fmt.Errorf("%d network filters: exactly one HTTP connection manager is supported", len(chain.GetFilters()))
 	}
+	// Shallow: the HTTP filters are validated one by one, so that an
+	// optional one this binary does not know is skipped, not refused.
 	hcm := &hcmv3.HttpConnectionManager{}
-	if err := unpack(chain.GetFilters()[0].GetTypedConfig(), hcm); err != nil {
+	if err := unpackShallow(chain.GetFilters()[0].GetTypedConfig(), hcm); err != nil {
 		return nil, fmt.Errorf("network filter %q: %w", chain.GetFilters()[0].GetName(), err)
 	}
 	lc := &listenerConf{
@@ -268,7 +270,7 @@ func perFilterConfigs(m map[string]*anypb.Any) (map[string]*extprocfilterv3.ExtP
 		inner := a
 		if a.MessageName() == "envoy.config.route.v3.FilterConfig" {
 			fc := &routev3.FilterConfig{}
-			if err := unpack(a, fc); err != nil {
+			if err := unpackShallow(a, fc); err != nil {
 				return nil, fmt.Errorf("typed_per_filter_config %q: %w", name, err)
 			}
 			inner = fc.GetConfig()
@@ -476,4 +478,16 @@ func unpack(a *anypb.Any, m proto.Message) error {
 		return fmt.Errorf("cannot decode %s: %w", a.GetTypeUrl(), err)
 	}
 	return validate.Message(m)
+}
+
+// unpackShallow is unpack checking only m's own rules, not the configs
+// packed inside it.
+func unpackShallow(a *anypb.Any, m envoyResource) error {
+	if a == nil {
+		return errors.New("typed_config is missing")
+	}
+	if err := a.UnmarshalTo(m); err != nil {
+		return fmt.Errorf("cannot decode %s: %w", a.GetTypeUrl(), err)
+	}
+	return m.ValidateAll()
 }

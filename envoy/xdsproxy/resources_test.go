@@ -67,9 +67,13 @@ func TestListenerDecoding(t *testing.T) {
 	optionalCors := proto.Clone(cors).(*hcmv3.HttpFilter)
 	optionalCors.IsOptional = true
 
-	lc, err := decodeListener(listener(t, extProcFilter(t, nil), optionalCors, routerFilter(t)))
+	// A filter type this binary does not even link, as a newer Envoy
+	// extension would be.
+	unlinked := &hcmv3.HttpFilter{Name: "future", IsOptional: true,
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: &anypb.Any{TypeUrl: "type.googleapis.com/example.v9.Future"}}}
+	lc, err := decodeListener(listener(t, extProcFilter(t, nil), optionalCors, unlinked, routerFilter(t)))
 	if err != nil {
-		t.Fatalf("ext_proc, an optional unknown filter, router: %v", err)
+		t.Fatalf("ext_proc, optional filters the proxy does not run, router: %v", err)
 	}
 	if lc.address != "127.0.0.1:10000" || lc.rdsName != "in" || lc.extProcName != "envoy.filters.http.ext_proc" {
 		t.Errorf("decoded %+v", lc)
@@ -81,6 +85,8 @@ func TestListenerDecoding(t *testing.T) {
 		want    string
 	}{
 		{"unknown filter", []*hcmv3.HttpFilter{extProcFilter(t, nil), cors, routerFilter(t)}, "is not supported"},
+		{"unlinked filter", []*hcmv3.HttpFilter{extProcFilter(t, nil), {Name: "future",
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: &anypb.Any{TypeUrl: "type.googleapis.com/example.v9.Future"}}}, routerFilter(t)}, "is not supported"},
 		{"router not last", []*hcmv3.HttpFilter{routerFilter(t), extProcFilter(t, nil)}, "must be the last"},
 		{"no router", []*hcmv3.HttpFilter{extProcFilter(t, nil)}, "must be the last"},
 		{"no ext_proc", []*hcmv3.HttpFilter{routerFilter(t)}, "no ext_proc filter"},
