@@ -453,7 +453,9 @@ func (c *Cache) storeVector(ctx context.Context, p prepared, req Request, resp S
 		return storeTooLarge
 	}
 	if req.Policy.SharedCache && c.share != nil {
-		c.share.publish(ctx, e)
+		// the Redis round trip stays off the response path
+		ctx = context.WithoutCancel(ctx)
+		c.bg.Go(func() { c.share.publish(ctx, e) })
 	}
 	return storeStored
 }
