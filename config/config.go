@@ -51,6 +51,11 @@ func (c *Config) setDefaults() {
 	c.ExtProc.setDefaults()
 	c.Engine.setDefaults()
 	c.Envoy.setDefaults()
+	// The semantic cache embeds with this process's engine unless told
+	// otherwise; only here are both sections in view.
+	if c.ExtProc.Semantic.EngineURL == "" {
+		c.ExtProc.Semantic.EngineURL = engineURL(c.Engine.Listen)
+	}
 }
 
 // Validate checks every section and returns all problems joined.

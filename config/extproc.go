@@ -3,6 +3,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"time"
 )
 
@@ -23,6 +25,37 @@ type ExtProc struct {
 	// Redis, when Addr is set, shares the cache and the rate limits between
 	// ext_proc replicas.
 	Redis ExtProcRedis `yaml:"redis"`
+	// Semantic is the semantic cache used by routes with cache: semantic.
+	Semantic ExtProcSemantic `yaml:"semantic"`
+}
+
+// ExtProcSemantic configures the semantic cache: the stage after the exact
+// cache that answers a paraphrase of a stored chat or completion question.
+type ExtProcSemantic struct {
+	// EngineURL is the base URL of the engine whose /v1/embeddings embeds
+	// the questions. Default "http://" + engine.listen (an unspecified
+	// host such as 0.0.0.0 becomes 127.0.0.1).
+	EngineURL string `yaml:"engine_url"`
+	// Model is the engine's embedding model. Default use-lite.
+	Model string `yaml:"model"`
+	// MemoryMB bounds the entries (vectors, responses, index links);
+	// past it the least recently used are evicted. Default 64.
+	MemoryMB int `yaml:"memory_mb"`
+	// HNSWThreshold is the entry count past which one scope's exact search
+	// becomes an HNSW graph. Default 2048.
+	HNSWThreshold int `yaml:"hnsw_threshold"`
+	// HNSWM is the number of links per graph node and layer. Default 16.
+	HNSWM int `yaml:"hnsw_m"`
+	// HNSWEfConstruction is the candidate list size while inserting. Default 100.
+	HNSWEfConstruction int `yaml:"hnsw_ef_construction"`
+	// HNSWEfSearch is the candidate list size while searching. Default 64.
+	HNSWEfSearch int `yaml:"hnsw_ef_search"`
+	// EmbedTimeout is the embedding budget of one lookup; past it the
+	// lookup is a miss. Default 150ms.
+	EmbedTimeout time.Duration `yaml:"embed_timeout"`
+	// MaxInFlight bounds concurrent embedding calls; a lookup that finds
+	// them all busy is skipped (a miss). Default 64.
+	MaxInFlight int `yaml:"max_in_flight"`
 }
 
 // ExtProcCache configures the in-process exact cache and request collapsing.
@@ -97,6 +130,81 @@ func (e *ExtProc) setDefaults() {
 	if e.Redis.ErrorLogInterval == 0 {
 		e.Redis.ErrorLogInterval = 30 * time.Second
 	}
+	e.Semantic.setDefaults()
+}
+
+// setDefaults leaves EngineURL alone: its default comes from engine.listen,
+// which Config.setDefaults fills in through engineURL.
+func (s *ExtProcSemantic) setDefaults() {
+	if s.Model == "" {
+		s.Model = DefaultModelName
+	}
+	if s.MemoryMB == 0 {
+		s.MemoryMB = 64
+	}
+	if s.HNSWThreshold == 0 {
+		s.HNSWThreshold = 2048
+	}
+	if s.HNSWM == 0 {
+		s.HNSWM = 16
+	}
+	if s.HNSWEfConstruction == 0 {
+		s.HNSWEfConstruction = 100
+	}
+	if s.HNSWEfSearch == 0 {
+		s.HNSWEfSearch = 64
+	}
+	if s.EmbedTimeout == 0 {
+		s.EmbedTimeout = 150 * time.Millisecond
+	}
+	if s.MaxInFlight == 0 {
+		s.MaxInFlight = 64
+	}
+}
+
+// engineURL is the URL at which the engine listening on listen is reached
+// from this host: a wildcard bind address is dialled on loopback.
+func engineURL(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "http://" + listen
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port)
+}
+
+func (s *ExtProcSemantic) validate() error {
+	var errs []error
+	if u, err := url.Parse(s.EngineURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("extproc.semantic.engine_url: %q is not an http:// or https:// URL with a host", s.EngineURL))
+	}
+	if s.Model == "" {
+		errs = append(errs, errors.New("extproc.semantic.model: must not be empty"))
+	}
+	if s.MemoryMB < 1 {
+		errs = append(errs, fmt.Errorf("extproc.semantic.memory_mb: %d must be at least 1", s.MemoryMB))
+	}
+	if s.HNSWThreshold < 1 {
+		errs = append(errs, fmt.Errorf("extproc.semantic.hnsw_threshold: %d must be at least 1", s.HNSWThreshold))
+	}
+	if s.HNSWM < 2 || s.HNSWM > 128 {
+		errs = append(errs, fmt.Errorf("extproc.semantic.hnsw_m: %d must be between 2 and 128", s.HNSWM))
+	}
+	if s.HNSWEfConstruction < s.HNSWM {
+		errs = append(errs, fmt.Errorf("extproc.semantic.hnsw_ef_construction: %d must be at least hnsw_m (%d)", s.HNSWEfConstruction, s.HNSWM))
+	}
+	if s.HNSWEfSearch < 1 {
+		errs = append(errs, fmt.Errorf("extproc.semantic.hnsw_ef_search: %d must be at least 1", s.HNSWEfSearch))
+	}
+	if s.EmbedTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("extproc.semantic.embed_timeout: %s must be positive", s.EmbedTimeout))
+	}
+	if s.MaxInFlight < 1 {
+		errs = append(errs, fmt.Errorf("extproc.semantic.max_in_flight: %d must be at least 1", s.MaxInFlight))
+	}
+	return errors.Join(errs...)
 }
 
 func (e *ExtProc) validate() error {
@@ -130,5 +238,6 @@ func (e *ExtProc) validate() error {
 	if e.Redis.ErrorLogInterval <= 0 {
 		errs = append(errs, fmt.Errorf("extproc.redis.error_log_interval: %s must be positive", e.Redis.ErrorLogInterval))
 	}
+	errs = append(errs, e.Semantic.validate())
 	return errors.Join(errs...)
 }

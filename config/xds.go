@@ -235,14 +235,16 @@ func (x *XDS) SetRoutingDefaults() {
 		x.ExtProc.ConnectTimeout = time.Second
 	}
 	if len(x.Listeners) == 0 {
-		x.Listeners = []XDSListener{{Name: "ingress", VirtualHosts: []XDSVirtualHost{{
-			Name: "default", Routes: []XDSRoute{{Name: "default", Pool: DefaultPoolName}},
-		}}}}
+		x.Listeners = []XDSListener{{Name: "ingress"}}
 	}
 	for i := range x.Listeners {
 		l := &x.Listeners[i]
 		if l.Address == "" {
 			l.Address = "127.0.0.1:10000"
+		}
+		if len(l.VirtualHosts) == 0 {
+			// Everything to the default pool, like the built-in listener.
+			l.VirtualHosts = []XDSVirtualHost{{Name: "default", Routes: []XDSRoute{{Name: "default", Pool: DefaultPoolName}}}}
 		}
 		for j := range l.VirtualHosts {
 			vh := &l.VirtualHosts[j]

@@ -112,18 +112,19 @@ type embedResult struct {
 // request's priority and deadline.
 func (s *Server) embed(r *http.Request, sv *served, texts []string) (embedResult, error) {
 	res, err := s.embedChecked(r, sv, texts)
-	s.countInvalid(sv, err)
+	s.countInvalid(sv.cfg.Name, err)
 	return res, err
 }
 
 // countInvalid counts a request refused for what it contains; the
-// batcher counts the other outcomes.
-func (s *Server) countInvalid(sv *served, err error) {
+// batcher counts the other outcomes. model is "" when the request was
+// refused before its model was known (a name it made up is no label).
+func (s *Server) countInvalid(model string, err error) {
 	var ae *apiError
 	if errors.As(err, &ae) {
 		switch ae.status {
 		case http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity:
-			s.metrics.Count(sv.cfg.Name, batcher.OutcomeInvalid)
+			s.metrics.Count(model, batcher.OutcomeInvalid)
 		}
 	}
 }

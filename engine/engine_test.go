@@ -405,8 +405,10 @@ func TestErrorStatuses(t *testing.T) {
 		})
 	}
 	_, _, metrics := te.get(t, "/metrics")
-	if !strings.Contains(string(metrics), `infergate_engine_requests_total{model="words",outcome="invalid"}`) {
-		t.Fatalf("invalid requests not counted:\n%s", metrics)
+	for _, model := range []string{"words", ""} { // "": refused before the model was known
+		if !strings.Contains(string(metrics), `infergate_engine_requests_total{model="`+model+`",outcome="invalid"}`) {
+			t.Fatalf("invalid requests of model %q not counted:\n%s", model, metrics)
+		}
 	}
 }
 

@@ -194,7 +194,7 @@ func (s *Server) handleInfer(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err != nil {
-		s.countInvalid(sv, err)
+		s.countInvalid(sv.cfg.Name, err)
 		writeAPIError(w, err)
 		return
 	}

@@ -125,11 +125,13 @@ type usage struct {
 func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 	body, err := s.readBody(w, r)
 	if err != nil {
+		s.countInvalid("", err)
 		writeAPIError(w, err)
 		return
 	}
 	req, err := parseEmbeddingsRequest(body)
 	if err != nil {
+		s.countInvalid("", err)
 		writeAPIError(w, err)
 		return
 	}
@@ -141,7 +143,7 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 	if req.Dimensions != 0 && sv.ready.Load() && req.Dimensions != sv.enc.Dim() {
 		err := errorf(http.StatusBadRequest, `"dimensions": model %s produces %d-dimensional embeddings and cannot shorten them; omit dimensions or send %d`,
 			sv.cfg.Name, sv.enc.Dim(), sv.enc.Dim())
-		s.countInvalid(sv, err)
+		s.countInvalid(sv.cfg.Name, err)
 		writeAPIError(w, err)
 		return
 	}

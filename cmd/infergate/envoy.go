@@ -80,7 +80,9 @@ func (e *envoyProcess) Listen() error {
 
 func (e *envoyProcess) Serve(ctx context.Context) error {
 	defer os.RemoveAll(filepath.Dir(e.path))
-	cmd := exec.Command(e.binary, "-c", e.path, "--log-level", "warn")
+	// A dynamic base id lets this Envoy run beside another on the host
+	// (its shared-memory and domain-socket names would clash otherwise).
+	cmd := exec.Command(e.binary, "-c", e.path, "--log-level", "warn", "--use-dynamic-base-id")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", e.binary, err)

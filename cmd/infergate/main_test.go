@@ -132,16 +132,23 @@ func TestUpServesHealthAndStopsOnSIGTERM(t *testing.T) {
 		t.Skip("starts the whole stack")
 	}
 	engine, xdsAdmin, extprocAdmin := freeAddr(t), freeAddr(t), freeAddr(t)
+	// Envoy's addresses are free ports too, so that a real Envoy started by
+	// up never clashes with one already running (make run).
 	path := writeConfig(t, fmt.Sprintf(`
+envoy:
+  admin: %s
 xds:
   listen: %s
   admin: %s
+  listeners:
+    - name: ingress
+      address: %s
 extproc:
   listen: %s
   admin: %s
 engine:
   listen: %s
-`, freeAddr(t), xdsAdmin, freeAddr(t), extprocAdmin, engine))
+`, freeAddr(t), freeAddr(t), xdsAdmin, freeAddr(t), freeAddr(t), extprocAdmin, engine))
 	if cfg, err := config.Load(path); err != nil {
 		t.Fatal(err)
 	} else if _, err := exec.LookPath(cfg.Envoy.Binary); err == nil {
