@@ -2,14 +2,48 @@ package extproc
 
 import (
 	"context"
+	"net/http"
+	"time"
 
+	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/extproc/cache"
 	"github.com/infergate/infergate/extproc/semantic"
 )
 
-// WithSemantic plugs the semantic cache in as the Stage after the exact
-// cache, on routes whose policy cache mode is "semantic".
-func WithSemantic(c *semantic.Cache) Option { return WithStage(semanticStage{c: c}) }
+// WithSemantic makes the server use c as its semantic cache instead of
+// building one from the config's semantic section; the server runs c.Run
+// while it serves, so the caller must not.
+func WithSemantic(c *semantic.Cache) Option { return func(s *Server) { s.sem = c } }
+
+// newSemantic builds the semantic cache of cfg, embedding with the engine at
+// cfg.Semantic.EngineURL and, with Redis configured, sharing entries with
+// the other replicas through it.
+func (s *Server) newSemantic(cfg config.ExtProc) (*semantic.Cache, error) {
+	sc := cfg.Semantic
+	// One idle connection per embedding call that may be in flight, so a
+	// burst of lookups does not open and close connections to the engine.
+	client := &http.Client{Transport: &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		MaxIdleConns:        sc.MaxInFlight,
+		MaxIdleConnsPerHost: sc.MaxInFlight,
+		IdleConnTimeout:     90 * time.Second,
+	}}
+	sem, err := semantic.New(semantic.Config{
+		MemoryBytes:   int64(sc.MemoryMB) << 20,
+		MaxTTL:        cfg.Cache.MaxTTL,
+		HNSWThreshold: sc.HNSWThreshold,
+		HNSW:          semantic.HNSWParams{M: sc.HNSWM, EfConstruction: sc.HNSWEfConstruction, EfSearch: sc.HNSWEfSearch},
+		EmbedTimeout:  sc.EmbedTimeout,
+		MaxInFlight:   sc.MaxInFlight,
+	}, semantic.NewEngineEmbedder(sc.EngineURL, sc.Model, client), s.reg, s.log.With("stage", "semantic"))
+	if err != nil {
+		return nil, err
+	}
+	if s.redis != nil {
+		sem.ShareVia(s.redis.Client, cfg.Redis.KeyPrefix, cfg.Redis.Timeout)
+	}
+	return sem, nil
+}
 
 type semanticStage struct{ c *semantic.Cache }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/infergate/infergate/extproc/cache"
 	"github.com/infergate/infergate/extproc/ratelimit"
 	"github.com/infergate/infergate/extproc/redisconn"
+	"github.com/infergate/infergate/extproc/semantic"
 	"github.com/infergate/infergate/internal/ops"
 )
 
@@ -40,6 +41,7 @@ type Server struct {
 	flights *cache.Flights
 	limiter ratelimit.Limiter
 	redis   *redisconn.Conn
+	sem     *semantic.Cache
 	stages  []Stage
 
 	grpc    *grpc.Server
@@ -58,8 +60,9 @@ func WithStage(st Stage) Option { return func(s *Server) { s.stages = append(s.s
 // the server can share it.
 func WithRegistry(reg *prometheus.Registry) Option { return func(s *Server) { s.reg = reg } }
 
-// New builds the server from its config section. Nothing listens until
-// Listen.
+// New builds the server from its config section, with the semantic cache
+// of cfg.Semantic (or the one given by WithSemantic) as the last stage.
+// Nothing listens until Listen.
 func New(cfg config.ExtProc, log *slog.Logger, opts ...Option) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, flights: cache.NewFlights()}
 	for _, o := range opts {
@@ -90,6 +93,14 @@ func New(cfg config.ExtProc, log *slog.Logger, opts ...Option) (*Server, error) 
 	}
 	s.store = cache.NewStore(local, s.redis, log)
 	s.limiter = limiter
+	if s.sem == nil {
+		if s.sem, err = s.newSemantic(cfg); err != nil {
+			return nil, err
+		}
+	}
+	// Only routes whose policy says cache: semantic reach it; it comes after
+	// the exact cache and any stage given by WithStage.
+	s.stages = append(s.stages, semanticStage{c: s.sem})
 	// Bodies arrive whole in one message (BUFFERED); leave room for the
 	// headers and attributes around the largest accepted body.
 	msgLimit := cfg.MaxBodyBytes + 1<<20
@@ -136,6 +147,17 @@ func (s *Server) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go s.store.FollowPurges(ctx)
+	// The semantic cache sweeps expired entries and follows the other
+	// replicas until ctx ends; its background stores finish before Serve
+	// returns and Redis is closed.
+	semDone := make(chan struct{})
+	go func() {
+		defer close(semDone)
+		if err := s.sem.Run(ctx); err != nil {
+			s.log.Error("semantic cache stopped", "err", err)
+		}
+	}()
+	defer func() { cancel(); <-semDone }()
 
 	grpcErr := make(chan error, 1)
 	go func() { grpcErr <- s.grpc.Serve(s.grpcLn) }()
@@ -144,7 +166,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		srv := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 		adminErr <- ops.ServeHTTP(ctx, srv, s.adminLn)
 	}()
-	s.log.Info("ext_proc listening", "grpc", s.Addr(), "admin", s.AdminAddr(), "redis", s.cfg.Redis.Addr)
+	s.log.Info("ext_proc listening", "grpc", s.Addr(), "admin", s.AdminAddr(), "redis", s.cfg.Redis.Addr, "semantic_engine", s.cfg.Semantic.EngineURL)
 
 	var err error
 	select {

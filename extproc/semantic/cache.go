@@ -100,8 +100,8 @@ func (c *Config) setDefaults() {
 // Request is one request as the ext_proc server saw it.
 type Request struct {
 	// Policy is the route's policy; only routes with Cache "semantic" are
-	// looked up or stored. Its Route, SemanticThreshold, TTL and
-	// SharedCache fields are used.
+	// looked up or stored. Its Route, SemanticThreshold and TTL fields are
+	// used; whether tenants share entries is already in Scope.
 	Policy policy.Policy
 	// Scope is the cache scope the exact cache uses: the tenant, or one
 	// shared scope for routes whose cache is shared across tenants. Entries
@@ -390,8 +390,8 @@ func (c *Cache) embed(ctx context.Context, p prepared) ([]float32, string) {
 }
 
 // Store keeps resp as the answer to req's question for the route's TTL
-// (capped by Config.MaxTTL), and shares it with the other replicas when the
-// route's policy asks for a shared cache. It does not wait for the engine:
+// (capped by Config.MaxTTL), and shares it with the other replicas when
+// the cache shares through Redis (see ShareVia). It does not wait for the engine:
 // when Lookup did not embed the question already (it skips the embedding
 // in a scope that is still empty), the embedding runs in the background,
 // bounded like lookups' and skipped when the engine is saturated. An error
@@ -452,7 +452,7 @@ func (c *Cache) storeVector(ctx context.Context, p prepared, req Request, resp S
 	if !c.insert(e) {
 		return storeTooLarge
 	}
-	if req.Policy.SharedCache && c.share != nil {
+	if c.share != nil {
 		// the Redis round trip stays off the response path
 		ctx = context.WithoutCancel(ctx)
 		c.bg.Go(func() { c.share.publish(ctx, e) })

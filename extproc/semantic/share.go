@@ -48,9 +48,10 @@ type sharer struct {
 	lastLog time.Time
 }
 
-// ShareVia makes the cache publish the entries of routes with a shared
-// cache to Redis and apply every entry other replicas publish, so that a
-// paraphrase answered by one replica is a hit on all. timeout bounds each
+// ShareVia makes the cache publish its entries to Redis and apply every
+// entry other replicas publish, so that a paraphrase answered by one
+// replica is a hit on all. An entry keeps its scope on every replica, so a
+// tenant's entry still answers only that tenant. timeout bounds each
 // Redis call of a Store. Call it before Run, which does the following.
 func (c *Cache) ShareVia(client *redis.Client, keyPrefix string, timeout time.Duration) {
 	var id [8]byte

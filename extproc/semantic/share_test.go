@@ -102,18 +102,21 @@ func TestReplicasShareHitsThroughRedis(t *testing.T) {
 	c := replica(t, client)
 	eventuallyHit(t, c, sharedReq("How can I reset my password?"))
 
-	// entries of routes without a shared cache stay on their replica
-	local := req("acme", "You are a support bot.", "Where is my invoice?")
-	mustStore(t, b, local, answer("local"))
-	time.Sleep(300 * time.Millisecond)
-	if _, ok := a.Lookup(context.Background(), local); ok {
-		t.Error("an unshared entry reached another replica")
+	// a tenant's entry reaches the other replicas too, and still answers
+	// only that tenant there
+	tenant := req("acme", "You are a support bot.", "How do I update my billing address?")
+	mustStore(t, b, tenant, answer("acme's address"))
+	if hit := eventuallyHit(t, a, req("acme", "You are a support bot.", "How can I update my billing address?")); string(hit.Response.Body) != "acme's address" {
+		t.Fatalf("A served %q", hit.Response.Body)
+	}
+	if _, ok := a.Lookup(context.Background(), req("globex", "You are a support bot.", "How can I update my billing address?")); ok {
+		t.Error("a shared entry crossed tenants on another replica")
 	}
 
 	// Redis holds each entry with its TTL
 	keys, err := client.Keys(context.Background(), "infergate:sem:e:*").Result()
-	if err != nil || len(keys) != 1 {
-		t.Fatalf("entry keys in Redis = %v (%v), want 1", keys, err)
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("entry keys in Redis = %v (%v), want 2", keys, err)
 	}
 	if ttl := client.PTTL(context.Background(), keys[0]).Val(); ttl <= 0 || ttl > time.Minute {
 		t.Errorf("entry TTL in Redis = %v, want within the route's 1m", ttl)
