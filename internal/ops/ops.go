@@ -110,8 +110,15 @@ func Run(ctx context.Context, log *slog.Logger, services ...Service) error {
 			return err
 		}
 	}
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	go func() {
+		<-ctx.Done()
+		if parent.Err() != nil {
+			log.Info("shutting down: in-flight requests finish first", "grace", ShutdownGrace)
+		}
+	}()
 	var (
 		wg    sync.WaitGroup
 		once  sync.Once
@@ -130,5 +137,8 @@ func Run(ctx context.Context, log *slog.Logger, services ...Service) error {
 		}()
 	}
 	wg.Wait()
+	if first == nil {
+		log.Info("stopped")
+	}
 	return first
 }
