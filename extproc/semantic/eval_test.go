@@ -7,17 +7,18 @@ import (
 	"testing"
 )
 
-// longTests reports whether INFERGATE_LONG=1 asks for the quality sweeps.
-// They embed hundreds of pairs with the real model (over a minute under
-// -race on a small machine) to re-measure retrieval quality, which changes
-// only with the model, the guard or the pair sets; `make test` leaves them
-// out and `infergate bench semantic` prints the same numbers.
-func longTests() bool { return os.Getenv("INFERGATE_LONG") == "1" }
+// runSweeps reports whether the quality sweeps run: always without -race
+// (about 12s here), under -race only with INFERGATE_LONG=1. They embed
+// hundreds of pairs in one goroutine, so the race detector finds nothing
+// in them and only makes them ten times slower (over 10 minutes under
+// `make test` on a small machine); `infergate bench semantic` prints the
+// same numbers.
+func runSweeps() bool { return !raceEnabled || os.Getenv("INFERGATE_LONG") == "1" }
 
 func sweepFile(t *testing.T, path string, thresholds string) Sweep {
 	t.Helper()
-	if !longTests() {
-		t.Skip("quality sweep: run with INFERGATE_LONG=1 (go test -run Guard ./extproc/semantic)")
+	if !runSweeps() {
+		t.Skip("quality sweep, skipped under -race: run `go test -run Guard ./extproc/semantic` or set INFERGATE_LONG=1")
 	}
 	f, err := os.Open(path)
 	if err != nil {
@@ -42,9 +43,8 @@ func sweepFile(t *testing.T, path string, thresholds string) Sweep {
 // TestGuardMeetsTheTargetOnTheDevelopmentSet holds the measured trade-off
 // at the recommended threshold 0.80 (BENCHMARKS.md): false hits at most 2%
 // with at least 60% of paraphrases hit, where the similarity alone serves
-// a wrong answer to most hard negatives. It runs only with INFERGATE_LONG=1
-// (see longTests), best without -race: RunSweep is one goroutine, and under
-// -race it takes ten minutes here.
+// a wrong answer to most hard negatives. Under -race it runs only with
+// INFERGATE_LONG=1 (see runSweeps).
 func TestGuardMeetsTheTargetOnTheDevelopmentSet(t *testing.T) {
 	s := sweepFile(t, "testdata/pairs.jsonl", "0.80")
 	off, on := s.Rows[0], s.Rows[1]
@@ -59,7 +59,7 @@ func TestGuardMeetsTheTargetOnTheDevelopmentSet(t *testing.T) {
 }
 
 // TestGuardOnHeldOutPairs uses pairs written after the guard was frozen.
-// It runs only with INFERGATE_LONG=1 (see longTests).
+// Under -race it runs only with INFERGATE_LONG=1 (see runSweeps).
 func TestGuardOnHeldOutPairs(t *testing.T) {
 	s := sweepFile(t, "testdata/heldout.jsonl", "0.80")
 	off, on := s.Rows[0], s.Rows[1]
