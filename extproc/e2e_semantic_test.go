@@ -206,3 +206,16 @@ func TestE2ESemanticReplicasShareHitsThroughRedis(t *testing.T) {
 		t.Fatalf("replica b served acme's entry to globex: %q", res.Header.Get("Cache-Status"))
 	}
 }
+
+func TestExactRoutesStayOutOfTheSemanticCache(t *testing.T) {
+	srv := startExtProc(t, nil)
+	up := newChatUpstream(t)
+	h := newHarness(t, srv, up.URL, policy.Policy{Route: "chat", Cache: policy.CacheExact, TTL: time.Minute}, nil)
+	ask(t, h, "acme", supportBot, "How do I reset my password?")
+	if res := ask(t, h, "acme", supportBot, "How do I reset my password?"); !isHit(cacheStatus(t, res)) || isSemanticHit(res) {
+		t.Fatalf("exact repeat: %q", res.Header.Get("Cache-Status"))
+	}
+	if n := metric(t, srv.Registry(), "infergate_semantic_lookups_total") + metric(t, srv.Registry(), "infergate_semantic_stores_total"); n != 0 {
+		t.Fatalf("an exact-cache route made %v semantic lookups and stores", n)
+	}
+}

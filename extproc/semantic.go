@@ -8,6 +8,7 @@ import (
 	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/extproc/cache"
 	"github.com/infergate/infergate/extproc/semantic"
+	"github.com/infergate/infergate/policy"
 )
 
 // WithSemantic makes the server use c as its semantic cache instead of
@@ -48,6 +49,11 @@ func (s *Server) newSemantic(cfg config.ExtProc) (*semantic.Cache, error) {
 type semanticStage struct{ c *semantic.Cache }
 
 func (s semanticStage) Lookup(ctx context.Context, q *Query) (StageHit, bool) {
+	// Other routes are not the semantic cache's traffic and stay out of
+	// its metrics.
+	if q.Policy.Cache != policy.CacheSemantic {
+		return StageHit{}, false
+	}
 	hit, ok := s.c.Lookup(ctx, semantic.Request{Policy: q.Policy, Scope: q.Scope, Path: q.Path, Body: q.Body})
 	if !ok {
 		return StageHit{}, false
@@ -69,6 +75,9 @@ func (s semanticStage) Lookup(ctx context.Context, q *Query) (StageHit, bool) {
 }
 
 func (s semanticStage) Store(ctx context.Context, q *Query, e *cache.Entry) {
+	if q.Policy.Cache != policy.CacheSemantic {
+		return
+	}
 	resp := semantic.StoredResponse{Status: e.Status, Body: e.Body}
 	for _, h := range e.Header {
 		resp.Headers = append(resp.Headers, [2]string{h.Name, h.Value})
