@@ -97,7 +97,7 @@ func isSemanticHit(res *harness.Result) bool {
 func waitStored(t *testing.T, srv *extproc.Server, n float64) {
 	t.Helper()
 	eventually(t, fmt.Sprintf("%v semantic entries", n), func() bool {
-		return metric(t, srv.Registry(), "infergate_semantic_entries") >= n
+		return metric(t, srv.Registry(), "infergate_extproc_semantic_entries") >= n
 	})
 }
 
@@ -140,7 +140,7 @@ func TestE2ESemanticHitsOnlyTheSameQuestionInTheSameScope(t *testing.T) {
 	}
 	// The number case is the guard's: the similarity alone is above the
 	// route's threshold.
-	if n := metric(t, srv.Registry(), "infergate_semantic_guard_refusals_total"); n < 1 {
+	if n := metric(t, srv.Registry(), "infergate_extproc_semantic_guard_refusals_total"); n < 1 {
 		t.Errorf("guard refusals = %v, want the 30/60 days question refused by the guard", n)
 	}
 }
@@ -174,9 +174,9 @@ func TestE2ESemanticEngineDownIsAMissAndServed(t *testing.T) {
 	// Nothing could be embedded, so nothing was indexed: each answer's
 	// background embedding failed and was counted.
 	eventually(t, "failed embeddings counted", func() bool {
-		return metric(t, srv.Registry(), "infergate_semantic_stores_total", "outcome", "embed_failed") >= float64(len(questions))
+		return metric(t, srv.Registry(), "infergate_extproc_semantic_stores_total", "outcome", "embed_failed") >= float64(len(questions))
 	})
-	if n := metric(t, srv.Registry(), "infergate_semantic_entries"); n != 0 {
+	if n := metric(t, srv.Registry(), "infergate_extproc_semantic_entries"); n != 0 {
 		t.Errorf("%v semantic entries with the engine down", n)
 	}
 }
@@ -192,7 +192,7 @@ func TestE2ESemanticReplicasShareHitsThroughRedis(t *testing.T) {
 
 	first := ask(t, ha, "acme", supportBot, "How do I update my billing address?")
 	eventually(t, "replica b applying replica a's entry", func() bool {
-		return metric(t, b.Registry(), "infergate_semantic_shared_total", "op", "applied") >= 1
+		return metric(t, b.Registry(), "infergate_extproc_semantic_shared_total", "op", "applied") >= 1
 	})
 	para := ask(t, hb, "acme", supportBot, "How can I update my billing address?")
 	if !isSemanticHit(para) || string(para.Body) != string(first.Body) {
@@ -215,7 +215,7 @@ func TestExactRoutesStayOutOfTheSemanticCache(t *testing.T) {
 	if res := ask(t, h, "acme", supportBot, "How do I reset my password?"); !isHit(cacheStatus(t, res)) || isSemanticHit(res) {
 		t.Fatalf("exact repeat: %q", res.Header.Get("Cache-Status"))
 	}
-	if n := metric(t, srv.Registry(), "infergate_semantic_lookups_total") + metric(t, srv.Registry(), "infergate_semantic_stores_total"); n != 0 {
+	if n := metric(t, srv.Registry(), "infergate_extproc_semantic_lookups_total") + metric(t, srv.Registry(), "infergate_extproc_semantic_stores_total"); n != 0 {
 		t.Fatalf("an exact-cache route made %v semantic lookups and stores", n)
 	}
 }

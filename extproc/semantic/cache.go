@@ -252,7 +252,7 @@ func (c *Cache) Lookup(ctx context.Context, req Request) (Hit, bool) {
 	return hit, outcome == outcomeHit
 }
 
-// Lookup outcomes, the "outcome" label of infergate_semantic_lookups_total.
+// Lookup outcomes, the "outcome" label of infergate_extproc_semantic_lookups_total.
 const (
 	outcomeHit         = "hit"
 	outcomeMiss        = "miss"        // nothing above the threshold
@@ -440,7 +440,7 @@ func (c *Cache) storable(req Request) (prepared, time.Duration, error) {
 	return p, ttl, nil
 }
 
-// Store outcomes, the "outcome" label of infergate_semantic_stores_total
+// Store outcomes, the "outcome" label of infergate_extproc_semantic_stores_total
 // (with uncacheable, embed_failed and saturated as for lookups).
 const (
 	storeStored   = "stored"
