@@ -9,13 +9,12 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/infergate/infergate/config"
+	"github.com/infergate/infergate/internal/testmodel"
 )
 
 // The serving path end to end with the real USE-Lite model on the default
@@ -26,26 +25,13 @@ var (
 	useLiteEngine *testEngine
 )
 
-// useLiteDir is <repo root>/models/use-lite; tests skip when it is absent.
-func useLiteDir(t *testing.T) string {
-	t.Helper()
-	dir, err := filepath.Abs(filepath.Join("..", "models", "use-lite"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "model.json")); err != nil {
-		t.Skipf("USE-Lite model not found in %s: run `make model` (make test does it for you)", dir)
-	}
-	return dir
-}
-
 // startUseLite serves the real model through New, as `infergate engine`
 // does, without embedding reuse so that every request reaches the model.
 // One engine serves all tests of this file: loading and compiling the
 // shape buckets is the slow part.
 func startUseLite(t *testing.T) *testEngine {
 	t.Helper()
-	dir := useLiteDir(t)
+	dir := testmodel.USELiteDir(t)
 	useLiteOnce.Do(func() {
 		c, err := config.Parse("test.yaml", []byte(fmt.Sprintf(`
 engine:

@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -21,10 +20,9 @@ import (
 	"github.com/infergate/infergate/engine"
 	"github.com/infergate/infergate/envoy/harness"
 	"github.com/infergate/infergate/extproc/internal/redistest"
+	"github.com/infergate/infergate/internal/testmodel"
 	"github.com/infergate/infergate/policy"
 )
-
-const modelDir = "../models/use-lite"
 
 // realEngine is one in-process engine serving the USE-Lite model.
 type realEngine struct {
@@ -43,9 +41,7 @@ var (
 // count requests as differences of the engine's counter.
 func startEngine(t testing.TB) *realEngine {
 	t.Helper()
-	if _, err := os.Stat(modelDir + "/model.json"); err != nil {
-		t.Skip("USE-Lite model not present (run make model)")
-	}
+	modelDir := testmodel.USELiteDir(t)
 	engineOnce.Do(func() {
 		cfg := config.Default().Engine
 		cfg.Listen = "127.0.0.1:0"

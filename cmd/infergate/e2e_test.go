@@ -9,9 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/envoy/xdsproxy"
+	"github.com/infergate/infergate/internal/testmodel"
 )
 
 // TestEndToEnd runs `infergate up` and talks plain HTTP to the front door,
@@ -33,10 +32,8 @@ func TestEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the whole stack")
 	}
-	root := repoRoot(t)
-	if _, err := os.Stat(filepath.Join(root, "models/use-lite/model.json")); err != nil {
-		t.Skip("USE-Lite model not present (run make model)")
-	}
+	root := testmodel.RepoRoot(t)
+	testmodel.USELiteDir(t)
 	engineAddr, xdsADS, xdsAdmin := freeAddr(t), freeAddr(t), freeAddr(t)
 	extprocAddr, extprocAdmin, front, envoyAdmin := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	path := writeConfig(t, fmt.Sprintf(`

@@ -17,6 +17,7 @@ import (
 
 	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/envoy/bootstrap"
+	"github.com/infergate/infergate/internal/testmodel"
 )
 
 // The test binary doubles as the infergate binary, so that exit codes and
@@ -156,7 +157,7 @@ engine:
 	}
 	var stderr bytes.Buffer
 	cmd := infergate("up", "-c", path)
-	cmd.Dir = repoRoot(t) // the default model path is relative to it, as for `make run`
+	cmd.Dir = testmodel.RepoRoot(t) // the default model path is relative to it, as for `make run`
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -185,25 +186,6 @@ engine:
 		}
 	case <-ctx.Done():
 		t.Fatalf("up did not stop after SIGTERM; stderr:\n%s", stderr.String())
-	}
-}
-
-// repoRoot is the folder holding go.mod.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test")
-		}
-		dir = parent
 	}
 }
 

@@ -5,40 +5,14 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/infergate/infergate/engine/model"
 	"github.com/infergate/infergate/engine/model/uselite"
+	"github.com/infergate/infergate/engine/model/uselite/uselitetest"
 )
-
-var (
-	encOnce sync.Once
-	enc     *uselite.Encoder
-	encErr  error
-)
-
-// useLite loads the real encoder from models/use-lite (make model). Ops run
-// sequentially: SimpleGo's parallel executor has data races that -race
-// reports (gomlx v0.26.0).
-func useLite(t testing.TB) *uselite.Encoder {
-	t.Helper()
-	encOnce.Do(func() {
-		backend, err := model.NewBackend("simplego:ops_sequential")
-		if err != nil {
-			encErr = err
-			return
-		}
-		enc, encErr = uselite.Load("../../models/use-lite", backend)
-	})
-	if encErr != nil {
-		t.Fatalf("loading USE-Lite (run `make model`): %v", encErr)
-	}
-	return enc
-}
 
 // countingModel runs the real encoder and counts the inputs it embeds.
 type countingModel struct {
@@ -96,7 +70,7 @@ func TestSeenInputsAreReusedAndMatchFullComputation(t *testing.T) {
 // computed and every vector is bit-identical to the full computation.
 func checkSeenInputs(t testing.TB, n, seenCount int) {
 	t.Helper()
-	m := &countingModel{enc: useLite(t)}
+	m := &countingModel{enc: uselitetest.Encoder(t)}
 	inputs := sentences(n)
 	full, _ := m.embed(t, inputs) // the reference: all n in one request, no cache
 
@@ -220,7 +194,7 @@ func TestMemoryBoundEvictsLeastRecentlyUsed(t *testing.T) {
 // (nothing seen) against 90 of 100 seen.
 func BenchmarkRequest100(b *testing.B) {
 	checkSeenInputs(b, 100, 90)
-	m := &countingModel{enc: useLite(b)}
+	m := &countingModel{enc: uselitetest.Encoder(b)}
 	inputs := sentences(100)
 	for _, seen := range []int{0, 90} {
 		b.Run(fmt.Sprintf("seen=%d", seen), func(b *testing.B) {

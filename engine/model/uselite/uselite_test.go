@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/infergate/infergate/engine/model"
+	"github.com/infergate/infergate/internal/testmodel"
 )
 
 // goldenTolerance is the largest |Go - TF.js| allowed per vector component.
@@ -55,30 +56,6 @@ func loadGolden(t testing.TB) []goldenCase {
 	return file.Cases
 }
 
-// modelDir is <repo root>/models/use-lite; tests skip when it is absent.
-func modelDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-	models := filepath.Join(dir, "models", "use-lite")
-	if _, err := os.Stat(filepath.Join(models, "model.json")); err != nil {
-		t.Skipf("USE-Lite model not found in %s: run `make model` (make test does it for you)", models)
-	}
-	return models
-}
-
 var (
 	sharedOnce    sync.Once
 	sharedEncoder *Encoder
@@ -89,7 +66,7 @@ var (
 // $USELITE_TEST_BACKEND (default SimpleGo; e.g. "xla:cuda" on a GPU host).
 func testEncoder(t testing.TB) *Encoder {
 	t.Helper()
-	dir := modelDir(t)
+	dir := testmodel.USELiteDir(t)
 	sharedOnce.Do(func() {
 		backend, err := model.NewBackend(os.Getenv("USELITE_TEST_BACKEND"))
 		if err != nil {
@@ -307,7 +284,7 @@ func linkModel(t *testing.T, src string, skip ...string) string {
 }
 
 func TestLoadReportsMissingFiles(t *testing.T) {
-	src := modelDir(t)
+	src := testmodel.USELiteDir(t)
 	backend, err := model.NewBackend("")
 	if err != nil {
 		t.Fatal(err)
