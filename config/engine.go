@@ -3,6 +3,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -26,6 +28,27 @@ type Engine struct {
 	// Models are served under their names. Default: one model "use-lite"
 	// of kind use-lite in models/use-lite.
 	Models []EngineModel `yaml:"models"`
+	// Register makes the engine join an xDS pool by itself.
+	Register EngineRegister `yaml:"register"`
+}
+
+// EngineRegister makes the engine register itself into a pool of the
+// control plane (its admin API) once it is ready, heartbeat while it stays
+// ready, and deregister when it shuts down, so Envoy's EDS follows engines
+// that come and go.
+type EngineRegister struct {
+	// ControlPlane is the xDS admin base URL, e.g. http://127.0.0.1:18001.
+	// Empty: the engine does not register. Default empty.
+	ControlPlane string `yaml:"control_plane"`
+	// Pool is the pool to join. Default "default".
+	Pool string `yaml:"pool"`
+	// Advertise is the ip:port Envoy dials. Default engine.listen.
+	Advertise string `yaml:"advertise"`
+	// TTL is how long the control plane keeps the endpoint without a
+	// heartbeat. Default 15s.
+	TTL time.Duration `yaml:"ttl"`
+	// Interval is the time between heartbeats. Default TTL/3.
+	Interval time.Duration `yaml:"interval"`
 }
 
 // EngineModel is one served model with its queue and dynamic batcher.
@@ -143,6 +166,20 @@ func (e *Engine) setDefaults() {
 		n := int64(DefaultEmbeddingCache)
 		e.EmbeddingCacheBytes = &n
 	}
+	if r := &e.Register; r.ControlPlane != "" {
+		if r.Pool == "" {
+			r.Pool = "default"
+		}
+		if r.Advertise == "" {
+			r.Advertise = e.Listen
+		}
+		if r.TTL == 0 {
+			r.TTL = 15 * time.Second
+		}
+		if r.Interval == 0 {
+			r.Interval = r.TTL / 3
+		}
+	}
 	if len(e.Models) == 0 {
 		e.Models = []EngineModel{{Name: DefaultModelName, Kind: "use-lite", Path: DefaultModelPath}}
 	}
@@ -231,6 +268,17 @@ func (e *Engine) validate() error {
 	}
 	if e.MaxBodyBytes < 1024 {
 		errs = append(errs, fmt.Errorf("engine.max_body_bytes: %d is below the minimum of 1024", e.MaxBodyBytes))
+	}
+	if r := e.Register; r.ControlPlane != "" {
+		if u, err := url.Parse(r.ControlPlane); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("engine.register.control_plane: %q is not an http(s) URL such as http://127.0.0.1:18001", r.ControlPlane))
+		}
+		if ip, _, err := net.SplitHostPort(r.Advertise); err != nil || net.ParseIP(ip) == nil || net.ParseIP(ip).IsUnspecified() {
+			errs = append(errs, fmt.Errorf("engine.register.advertise: %q is not an ip:port Envoy can dial (set it when engine.listen is a wildcard or a name)", r.Advertise))
+		}
+		if r.TTL < 0 || r.Interval <= 0 || r.Interval >= r.TTL {
+			errs = append(errs, fmt.Errorf("engine.register: interval %s must be positive and below ttl %s", r.Interval, r.TTL))
+		}
 	}
 	if e.EmbeddingCacheBytes != nil && *e.EmbeddingCacheBytes < 0 {
 		errs = append(errs, fmt.Errorf("engine.embedding_cache_bytes: %d must not be negative (0 turns the cache off)", *e.EmbeddingCacheBytes))

@@ -91,3 +91,23 @@ func TestEngineValidation(t *testing.T) {
 		})
 	}
 }
+
+func TestEngineRegister(t *testing.T) {
+	c, err := Parse("r.yaml", []byte("engine:\n  listen: 10.0.0.5:8080\n  register:\n    control_plane: http://10.0.0.1:18001\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Engine.Register
+	if r.Pool != "default" || r.Advertise != "10.0.0.5:8080" || r.TTL != 15*time.Second || r.Interval != 5*time.Second {
+		t.Errorf("register defaults %+v", r)
+	}
+	for yaml, want := range map[string]string{
+		"engine:\n  register:\n    control_plane: 10.0.0.1:18001\n":                                "engine.register.control_plane",
+		"engine:\n  listen: 0.0.0.0:8080\n  register:\n    control_plane: http://10.0.0.1:18001\n": "engine.register.advertise",
+		"engine:\n  register:\n    control_plane: http://h:1\n    ttl: 3s\n    interval: 5s\n":     "below ttl",
+	} {
+		if _, err := Parse("r.yaml", []byte(yaml)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want one naming %q", yaml, err, want)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/engine"
+	"github.com/infergate/infergate/engine/registrar"
 	"github.com/infergate/infergate/extproc"
 	"github.com/infergate/infergate/internal/ops"
 	"github.com/infergate/infergate/xds"
@@ -87,6 +88,9 @@ func buildServices(cmd *cobra.Command, cfg config.Config, log *slog.Logger, name
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		services = append(services, s)
+		if r := cfg.Engine.Register; name == "engine" && r.ControlPlane != "" {
+			services = append(services, registrar.New(r, cfg.Engine.Listen, log.With("component", "registrar")))
+		}
 	}
 	return services, nil
 }
