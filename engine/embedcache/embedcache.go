@@ -13,6 +13,7 @@ import (
 	"container/list"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -171,7 +172,9 @@ func (c *Cache) putLocked(key string, vec []float32, tokens int) {
 		c.lru.MoveToFront(el)
 		return
 	}
-	c.items[key] = c.lru.PushFront(&item{key: key, vec: vec, tokens: tokens, size: size})
+	// vec is usually a window into the encoder's array for the whole
+	// padded batch; a copy keeps the entry to the bytes it is charged.
+	c.items[key] = c.lru.PushFront(&item{key: key, vec: slices.Clone(vec), tokens: tokens, size: size})
 	c.bytes += size
 	for c.bytes > c.maxBytes {
 		last := c.lru.Back()

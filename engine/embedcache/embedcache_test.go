@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"testing"
+	"weak"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -214,5 +216,33 @@ func BenchmarkRequest100(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// Encoders return each vector as a window into one array holding the
+// whole padded batch; an entry must not keep that array alive, or the
+// memory bound would count one vector while a whole batch stays in memory.
+func TestEntryDoesNotPinItsBatchOutput(t *testing.T) {
+	const dim, rows = 512, 32
+	c, _ := New(1<<20, prometheus.NewRegistry())
+	p := c.Split("m", []string{"kept"})
+	flat := make([]float32, rows*dim)
+	flat[0] = 7
+	batchOutput := weak.Make(&flat[0])
+	vec := flat[:dim:dim]
+	if _, err := c.Merge(p, [][]float32{vec}, []int{1}); err != nil {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	if batchOutput.Value() != nil {
+		t.Fatalf("a cached %d-float vector keeps its %d-float batch output in memory", dim, rows*dim)
+	}
+	p = c.Split("m", []string{"kept"})
+	if len(p.Compute) != 0 {
+		t.Fatal("entry not reused")
+	}
+	got, err := c.Merge(p, nil, nil)
+	if err != nil || len(got[0]) != dim || got[0][0] != 7 {
+		t.Fatalf("cached vector %v (err %v), want the computed one", got[0][:1], err)
 	}
 }
