@@ -257,7 +257,15 @@ func (b *Batcher) finishLocked(r *request, err error) {
 func (b *Batcher) RetryAfter() time.Duration {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	batches := (b.depth + b.cfg.MaxBatchSize - 1) / b.cfg.MaxBatchSize
+	// Batches are cut by items, and one request may hold thousands.
+	items := 0
+	for _, l := range b.levels {
+		for e := l.Front(); e != nil; e = e.Next() {
+			r := e.Value.(*request)
+			items += len(r.items) - r.next
+		}
+	}
+	batches := (items + b.cfg.MaxBatchSize - 1) / b.cfg.MaxBatchSize
 	d := time.Duration(batches) * b.computeEWMA / time.Duration(b.cfg.Workers)
 	return max(time.Second, d.Round(time.Second))
 }

@@ -567,3 +567,31 @@ func value(t *testing.T, c prometheus.Metric) float64 {
 	}
 	return m.Gauge.GetValue()
 }
+
+// Retry-After counts the batches the queued items need, not the queued
+// requests: two 40-text requests are ten batches of 8, not one.
+func TestRetryAfterCountsQueuedItems(t *testing.T) {
+	g := newGatedRunner(true)
+	b := newBatcher(t, testConfig(), g)
+	ctx := context.Background()
+	first := doAsync(t, ctx, b, 1, seq(1, 1))
+	g.waitStarted(t)
+	texts := make([][]int32, 40)
+	for i := range texts {
+		texts[i] = seq(int32(i), 1)
+	}
+	a := doAsync(t, ctx, b, 1, texts...)
+	c := doAsync(t, ctx, b, 1, texts...)
+	b.mu.Lock()
+	b.computeEWMA = time.Second
+	b.mu.Unlock()
+	if got := b.RetryAfter(); got != 10*time.Second {
+		t.Errorf("RetryAfter %v with 80 items queued, batches of 8 taking 1s on one worker; want 10s", got)
+	}
+	close(g.gate)
+	for _, ch := range []chan result{first, a, c} {
+		if r := get(t, ch); r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+}
