@@ -27,6 +27,7 @@ import (
 	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/engine/batcher"
 	"github.com/infergate/infergate/engine/embedcache"
+	"github.com/infergate/infergate/engine/gpu"
 	"github.com/infergate/infergate/engine/model"
 	"github.com/infergate/infergate/engine/model/onnxenc"
 	"github.com/infergate/infergate/engine/model/uselite"
@@ -60,6 +61,10 @@ type Server struct {
 	backendOnce sync.Once
 	backend     backends.Backend
 	backendErr  error
+
+	// gpu exports NVML telemetry on /metrics; nil for engines built by
+	// tests around a test encoder.
+	gpu *gpu.Telemetry
 }
 
 // served is one model: its config and, once loaded, encoder and batcher.
@@ -81,6 +86,12 @@ func New(cfg config.Engine, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.load = s.loadEncoder
+	// GPU gauges where NVML initialises; elsewhere one log line and none.
+	s.gpu = gpu.Open(log)
+	if err := s.gpu.Register(s.reg); err != nil {
+		s.gpu.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -168,6 +179,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.stopping.Store(true)
 	<-loaded
 	s.shutdownModels()
+	if s.gpu != nil {
+		s.gpu.Close()
+	}
 	if loadErr != nil && !errors.Is(loadErr, context.Canceled) {
 		return loadErr
 	}

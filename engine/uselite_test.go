@@ -220,3 +220,15 @@ func metricValue(text, series string) float64 {
 	}
 	return 0
 }
+
+// /metrics carries the NVML gauges exactly when NVML is there: on a GPU
+// host with a driver they have values; here (no driver, or a CGO_ENABLED=0
+// build) they are absent and the engine serves as usual.
+func TestGPUGaugesFollowNVML(t *testing.T) {
+	te := startUseLite(t)
+	_, _, metrics := te.get(t, "/metrics")
+	has := strings.Contains(string(metrics), "infergate_gpu_utilization{")
+	if te.gpu.Available() != has {
+		t.Fatalf("NVML available: %v (%s), gpu gauges on /metrics: %v", te.gpu.Available(), te.gpu.Reason(), has)
+	}
+}
