@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -59,6 +60,38 @@ func directives(v string) map[string]bool {
 		}
 	}
 	return d
+}
+
+// sharedMaxAge is a response's freshness lifetime for a shared cache
+// (RFC 9111 §4.2.1: s-maxage, else max-age); ok is false when it names
+// neither. A malformed value counts as 0, stale, as RFC 9111 §1.2.2 asks.
+func sharedMaxAge(v string) (time.Duration, bool) {
+	var maxAge string
+	found := false
+	for _, part := range strings.Split(v, ",") {
+		name, value, _ := strings.Cut(strings.TrimSpace(part), "=")
+		switch strings.ToLower(name) {
+		case "s-maxage":
+			return deltaSeconds(value), true
+		case "max-age":
+			maxAge, found = value, true
+		}
+	}
+	if !found {
+		return 0, false
+	}
+	return deltaSeconds(maxAge), true
+}
+
+func deltaSeconds(v string) time.Duration {
+	n, err := strconv.ParseInt(strings.Trim(strings.TrimSpace(v), `"`), 10, 64)
+	if err != nil || n <= 0 {
+		return 0
+	}
+	if n > int64(math.MaxInt64/time.Second) {
+		n = int64(math.MaxInt64 / time.Second)
+	}
+	return time.Duration(n) * time.Second
 }
 
 // mutation collects header sets for one response.

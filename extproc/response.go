@@ -53,9 +53,19 @@ func (st *stream) responseHeaders(hm *extprocv3.HttpHeaders) error {
 		st.storeNot = "no-store"
 	case cc["private"]:
 		st.storeNot = "private"
+	case cc["no-cache"]:
+		// This cache cannot revalidate, so it may not reuse the response
+		// (nor, for no-cache="field", leave the fields out of a replay).
+		st.storeNot = "no-cache"
 	default:
 		if n, err := strconv.Atoi(h["content-length"]); err == nil && n > st.s.cfg.Cache.MaxEntryBytes {
 			st.storeNot = "too-large"
+		}
+		if fresh, ok := sharedMaxAge(h[headerCacheControl]); ok {
+			if fresh <= 0 {
+				st.storeNot = "stale"
+			}
+			st.freshFor = fresh
 		}
 	}
 	m := &mutation{}
@@ -155,6 +165,10 @@ func (st *stream) responseComplete() string {
 		return st.cacheStatus(false)
 	}
 	ttl := min(p.TTL, st.s.cfg.Cache.MaxTTL)
+	if st.freshFor > 0 {
+		// The origin's own freshness lifetime caps the route's TTL.
+		ttl = min(ttl, st.freshFor)
+	}
 	e := &cache.Entry{Status: st.status, Header: storedHeaders(st.respHdr), Body: st.respBody, StoredAt: time.Now(), TTL: ttl}
 	if err := st.s.store.Set(st.ctx, st.key, e); err != nil {
 		st.storeNot = "too-large"

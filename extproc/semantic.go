@@ -84,5 +84,8 @@ func (s semanticStage) Store(ctx context.Context, q *Query, e *cache.Entry) {
 	}
 	// A request the semantic cache cannot index (not a chat or completion,
 	// say) is its decision; the exact entry is stored regardless.
-	_ = s.c.Store(ctx, semantic.Request{Policy: q.Policy, Scope: q.Scope, Path: q.Path, Body: q.Body}, resp)
+	// e.TTL is the route's TTL already capped by the origin's max-age.
+	p := q.Policy
+	p.TTL = e.TTL
+	_ = s.c.Store(ctx, semantic.Request{Policy: p, Scope: q.Scope, Path: q.Path, Body: q.Body}, resp)
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -167,6 +168,14 @@ func TestCacheControlAndStorability(t *testing.T) {
 			w.Header().Set("Cache-Control", "private, max-age=60")
 			io.WriteString(w, `{"x":1}`)
 		}},
+		{"no-cache", "no-cache", func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+			w.Header().Set("Cache-Control", "public, no-cache")
+			io.WriteString(w, `{"x":1}`)
+		}},
+		{"s-maxage=0", "stale", func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+			w.Header().Set("Cache-Control", "max-age=600, s-maxage=0")
+			io.WriteString(w, `{"x":1}`)
+		}},
 		{"503", "status", func(w http.ResponseWriter, _ *http.Request, _ []byte) {
 			w.WriteHeader(503)
 			io.WriteString(w, `{"error":"busy"}`)
@@ -189,6 +198,25 @@ func TestCacheControlAndStorability(t *testing.T) {
 		if first.Status != second.Status || first.Status == 0 {
 			t.Errorf("%s: client saw %d then %d", c.name, first.Status, second.Status)
 		}
+	}
+}
+
+func TestOriginMaxAgeCapsTheRouteTTL(t *testing.T) {
+	up := newUpstream(t)
+	up.set(func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+		w.Header().Set("Cache-Control", "max-age=30")
+		io.WriteString(w, `{"x":1}`)
+	})
+	srv := startExtProc(t, nil)
+	h := newHarness(t, srv, up.URL, policy.Policy{Route: "embed", TTL: time.Hour}, nil)
+	call(t, h, "POST", "/v1/embeddings", []byte(embedBody))
+	cs := cacheStatus(t, call(t, h, "POST", "/v1/embeddings", []byte(embedBody)))
+	m := regexp.MustCompile(`; ttl=(\d+)`).FindStringSubmatch(cs)
+	if !isHit(cs) || m == nil {
+		t.Fatalf("second request: %q, want a hit with a ttl", cs)
+	}
+	if ttl, _ := strconv.Atoi(m[1]); ttl > 30 {
+		t.Fatalf("hit ttl=%d, but the origin allowed only max-age=30", ttl)
 	}
 }
 

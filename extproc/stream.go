@@ -66,7 +66,8 @@ type stream struct {
 	// Response state.
 	status     int
 	respHdr    headers
-	storeNot   string // why the response will not be stored ("" = it may be)
+	storeNot   string        // why the response will not be stored ("" = it may be)
+	freshFor   time.Duration // the response's s-maxage or max-age; 0 when it has neither
 	sse        bool
 	respBody   []byte
 	respTail   []byte
