@@ -504,6 +504,10 @@ func (b *Batcher) execute(batch []slice) {
 	if err == nil && len(out) != len(seqs) {
 		err = fmt.Errorf("model %s returned %d vectors for %d inputs", b.cfg.Model, len(out), len(seqs))
 	}
+	if err != nil && b.runCtx.Err() != nil {
+		// Close cut the drain short: the server gave up, not the client.
+		err = ErrClosed
+	}
 	b.metrics.computed(elapsed, len(seqs), tokens)
 
 	b.mu.Lock()

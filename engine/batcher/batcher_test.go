@@ -595,3 +595,28 @@ func TestRetryAfterCountsQueuedItems(t *testing.T) {
 		}
 	}
 }
+
+// A drain cut short fails both the queued requests and the one whose
+// batch was running with ErrClosed (503), not with the canceled context
+// the runner saw, which the engine would report as the client's doing.
+func TestDrainCutShortFailsRunningBatchWithErrClosed(t *testing.T) {
+	g := newGatedRunner(true)
+	b, err := New(testConfig(), g.run, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	running := doAsync(t, ctx, b, 1, seq(1, 1))
+	g.waitStarted(t)
+	queued := doAsync(t, ctx, b, 1, seq(2, 1))
+	expired, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := b.Close(expired); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Close: %v, want the drain context's error", err)
+	}
+	for name, ch := range map[string]chan result{"running": running, "queued": queued} {
+		if r := get(t, ch); !errors.Is(r.err, ErrClosed) {
+			t.Errorf("%s request: %v, want ErrClosed", name, r.err)
+		}
+	}
+}
