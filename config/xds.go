@@ -427,10 +427,12 @@ func (x *XDS) ValidateRouting() error {
 			}
 			vhosts[vh.Name] = true
 			for k, d := range vh.Domains {
-				if other, ok := domains[d]; ok {
+				// Envoy compares domains lower-cased and NACKs a duplicate.
+				key := strings.ToLower(d)
+				if other, ok := domains[key]; ok {
 					add(fmt.Sprintf("%s.domains[%d]", vpath, k), "domain %q is already served by virtual host %q", d, other)
 				}
-				domains[d] = vh.Name
+				domains[key] = vh.Name
 			}
 			if len(vh.Routes) == 0 {
 				add(vpath+".routes", "a virtual host needs at least one route")

@@ -84,3 +84,23 @@ func TestXDSUnknownFieldNamesLine(t *testing.T) {
 		t.Errorf("got %v, want the unknown field and its line", err)
 	}
 }
+
+// Envoy lower-cases every domain before it checks that each is served by
+// one virtual host only, and NACKs the route config when one is not.
+func TestXDSDomainsDifferingOnlyInCaseAreRefused(t *testing.T) {
+	src := `xds:
+  listeners:
+    - name: ingress
+      virtual_hosts:
+        - name: a
+          domains: ["api.example.com"]
+          routes: [{name: r1, pool: default}]
+        - name: b
+          domains: ["API.Example.com"]
+          routes: [{name: r2, pool: default}]
+`
+	_, err := Parse("infergate.yaml", []byte(src))
+	if err == nil || !strings.Contains(err.Error(), `domain "API.Example.com" is already served by virtual host "a"`) {
+		t.Fatalf("got %v, want the duplicate domain refused", err)
+	}
+}
