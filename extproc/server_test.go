@@ -220,6 +220,26 @@ func TestOriginMaxAgeCapsTheRouteTTL(t *testing.T) {
 	}
 }
 
+// Envoy picks the route, and so the policy, on the client's headers; a
+// client that names one model in x-infergate-model and another in the body
+// would be limited by the first route's policy and served by the second.
+func TestModelHeaderContradictingTheBodyIsRefused(t *testing.T) {
+	up := newUpstream(t)
+	srv := startExtProc(t, nil)
+	h := newHarness(t, srv, up.URL, policy.Policy{Route: "cheap"}, nil)
+	res := call(t, h, "POST", "/v1/embeddings", []byte(embedBody), "X-Infergate-Model", "cheap-model")
+	if res.Status != http.StatusBadRequest || !strings.Contains(string(res.Body), policy.ModelHeader) {
+		t.Fatalf("status %d body %q, want 400 naming %s", res.Status, res.Body, policy.ModelHeader)
+	}
+	if up.requests.Load() != 0 {
+		t.Fatal("the request reached the upstream")
+	}
+	// The same model in both is what routing by model sends anyway.
+	if res := call(t, h, "POST", "/v1/embeddings", []byte(embedBody), "X-Infergate-Model", "use-lite"); res.Status != 200 {
+		t.Fatalf("matching header: status %d", res.Status)
+	}
+}
+
 func TestNonDeterministicRequestsAreNotCached(t *testing.T) {
 	up := newUpstream(t)
 	srv := startExtProc(t, nil)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"runtime/debug"
 	"strconv"
 	"time"
@@ -48,7 +49,9 @@ type stream struct {
 	path   string
 	tenant string
 	scope  string
-	checks []limitCheck
+	// clientModel is the x-infergate-model the client sent itself.
+	clientModel string
+	checks      []limitCheck
 
 	// Request body, accumulated when Envoy streams it in chunks.
 	body     []byte
@@ -196,6 +199,7 @@ func (st *stream) requestHeaders(hm *extprocv3.HttpHeaders) error {
 	h := readHeaders(hm.GetHeaders())
 	st.method, st.path = h[":method"], h[":path"]
 	st.tenant = tenantOf(h, p)
+	st.clientModel = h[policy.ModelHeader]
 	st.scope = tenantScope(st.tenant)
 	if p.SharedCache {
 		st.scope = cache.SharedScope
@@ -284,6 +288,16 @@ func (st *stream) requestComplete(end requestEnd) error {
 	req := canonical.Parse(st.body)
 	if st.bodyOver {
 		req = canonical.Request{}
+	}
+	if st.clientModel != "" && req.Model != "" && st.clientModel != req.Model {
+		// Envoy chose the route, and this stream's policy, by the client's
+		// header; rewriting the header would send the request to another
+		// route under this one's limits.
+		st.phase = finished
+		m := &mutation{}
+		m.add(headerContentType, "application/json")
+		msg := fmt.Sprintf("header %s %q contradicts the body's model %q", policy.ModelHeader, st.clientModel, req.Model)
+		return st.send(immediate(http.StatusBadRequest, m, errorBody(msg), "infergate_model_header_mismatch"))
 	}
 	m := &mutation{}
 	if req.Model != "" {
