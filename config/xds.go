@@ -407,6 +407,8 @@ func (x *XDS) ValidateRouting() error {
 		listeners[l.Name] = true
 		if err := checkHostPort(path+".address", l.Address); err != nil {
 			errs = append(errs, err)
+		} else if host, _ := HostPort(l.Address); net.ParseIP(host) == nil {
+			add(path+".address", "Envoy listens on an IP address, not the host name %q", host)
 		} else if other, ok := addresses[l.Address]; ok {
 			add(path+".address", "%s is already used by listener %q", l.Address, other)
 		}

@@ -104,3 +104,17 @@ func TestXDSDomainsDifferingOnlyInCaseAreRefused(t *testing.T) {
 		t.Fatalf("got %v, want the duplicate domain refused", err)
 	}
 }
+
+// Envoy binds a listener only to an IP address; a host name there passed
+// validation and then had the listener NACKed.
+func TestXDSListenerOnHostNameIsRefused(t *testing.T) {
+	src := `xds:
+  listeners:
+    - name: ingress
+      address: "localhost:10000"
+`
+	_, err := Parse("infergate.yaml", []byte(src))
+	if err == nil || !strings.Contains(err.Error(), `xds.listeners[0].address`) || !strings.Contains(err.Error(), `"localhost"`) {
+		t.Fatalf("got %v, want the host name refused", err)
+	}
+}
