@@ -120,3 +120,22 @@ func TestFallbackWhenRedisIsDown(t *testing.T) {
 		t.Fatal("fail-closed allowed a request without Redis")
 	}
 }
+
+// A budget of more than a million tokens a second has an emission interval
+// under one microsecond, the Redis script's unit: it must still be charged.
+func TestRedisEnforcesLargeTokenBudgets(t *testing.T) {
+	srv := redistest.Start(t)
+	r := newRedisLimiter(t, srv.Addr)
+	ctx := context.Background()
+	budget := Limit{Name: "tokens", Quota: 150e6, Window: time.Minute, Burst: 150e6}
+	if err := r.Charge(ctx, "t", budget, 450e6); err != nil {
+		t.Fatal(err)
+	}
+	d, err := r.Take(ctx, "t", budget, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Allowed || d.RetryAfter < 119*time.Second || d.RetryAfter > 121*time.Second {
+		t.Fatalf("150M tokens/min overdrawn by 300M: %+v, want denied for about 2m", d)
+	}
+}

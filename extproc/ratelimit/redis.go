@@ -69,7 +69,7 @@ func (r *Redis) run(ctx context.Context, op, key string, l Limit, n float64, tak
 	err := r.conn.Do(ctx, op, func(ctx context.Context, c *redis.Client) error {
 		var err error
 		res, err = gcraScript.Run(ctx, c, []string{r.conn.Prefix + "rl:" + key},
-			l.interval().Microseconds(), l.capacity().Microseconds(), n, takeArg).Slice()
+			micros(l.interval()), micros(l.capacity()), n, takeArg).Slice()
 		return err
 	})
 	if err != nil {
@@ -86,6 +86,11 @@ func (r *Redis) run(ctx context.Context, op, key string, l Limit, n float64, tak
 	}
 	return time.Duration(us) * time.Microsecond, allowed == 1, nil
 }
+
+// micros is d in microseconds, the script's unit, keeping the fraction: a
+// budget of millions of tokens a minute emits one token in well under a
+// microsecond, and rounding that to 0 would make every charge free.
+func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
 // ErrUnavailable is returned by a fail-closed Fallback while Redis is down.
 var ErrUnavailable = errors.New("ratelimit: shared limiter unavailable")
