@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/envoy/validate"
@@ -93,7 +94,8 @@ func Build(cfg config.Config) (*bootstrapv3.Bootstrap, error) {
 			LdsConfig: ads,
 			CdsConfig: ads,
 		},
-		Admin: &bootstrapv3.Admin{Address: socketAddress(adminHost, adminPort)},
+		Admin:          &bootstrapv3.Admin{Address: socketAddress(adminHost, adminPort)},
+		LayeredRuntime: layeredRuntime(),
 	}
 	if err := validate.Message(b); err != nil {
 		return nil, fmt.Errorf("bootstrap: %w", err)
@@ -192,6 +194,23 @@ func jsonable(v any) any {
 }
 
 // discoveryType is STATIC for an IP address, STRICT_DNS for a name.
+// re2ProgramSizeLimit replaces Envoy's default limit of 100 on a regex's
+// RE2 program size, which NACKs route regexes as ordinary as a bounded
+// character class ({1,64}); the control plane validates regexes by
+// compiling them, not by size. Istio uses the same value.
+const re2ProgramSizeLimit = 32768
+
+// layeredRuntime is Envoy's default runtime (a static layer and the admin
+// layer) with the RE2 program size limit raised.
+func layeredRuntime() *bootstrapv3.LayeredRuntime {
+	return &bootstrapv3.LayeredRuntime{Layers: []*bootstrapv3.RuntimeLayer{
+		{Name: "static", LayerSpecifier: &bootstrapv3.RuntimeLayer_StaticLayer{StaticLayer: &structpb.Struct{
+			Fields: map[string]*structpb.Value{"re2.max_program_size.error_level": structpb.NewNumberValue(re2ProgramSizeLimit)},
+		}}},
+		{Name: "admin", LayerSpecifier: &bootstrapv3.RuntimeLayer_AdminLayer_{AdminLayer: &bootstrapv3.RuntimeLayer_AdminLayer{}}},
+	}}
+}
+
 func discoveryType(host string) clusterv3.Cluster_DiscoveryType {
 	if net.ParseIP(host) != nil {
 		return clusterv3.Cluster_STATIC

@@ -139,3 +139,33 @@ func TestParseRefusesBrokenBootstrap(t *testing.T) {
 		})
 	}
 }
+
+// Envoy refuses any regex whose RE2 program is over 100 instructions
+// unless the runtime raises that limit, so a route regex as ordinary as
+// "^/v2/models/[a-z0-9._-]{1,64}/infer$" would be NACKed although it
+// compiles. The bootstrap raises it (as Istio does) and keeps the admin
+// runtime layer Envoy has by default.
+func TestBootstrapRaisesRE2ProgramSizeLimit(t *testing.T) {
+	out, err := bootstrap.Render(config.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bootstrap.Parse(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var limit float64
+	admin := false
+	for _, l := range b.GetLayeredRuntime().GetLayers() {
+		if v, ok := l.GetStaticLayer().GetFields()["re2.max_program_size.error_level"]; ok {
+			limit = v.GetNumberValue()
+		}
+		admin = admin || l.GetAdminLayer() != nil
+	}
+	if limit < 10000 {
+		t.Errorf("re2.max_program_size.error_level = %v, want it raised well above Envoy's default 100\n%s", limit, out)
+	}
+	if !admin {
+		t.Errorf("the layered runtime lost the admin layer\n%s", out)
+	}
+}
