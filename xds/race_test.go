@@ -2,8 +2,15 @@ package xds
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/infergate/infergate/config"
 )
 
 // Each admin change edits the model being served when it is applied, so
@@ -31,5 +38,19 @@ func TestConcurrentAdminChangesAreAllKept(t *testing.T) {
 		if _, ok := cur.Config.Policies[fmt.Sprintf("p%d", i)]; !ok {
 			t.Errorf("policy p%d was accepted but is not in version %d: %v", i, cur.Version, cur.Config.Policies)
 		}
+	}
+}
+
+// A pool may not take the ext_proc cluster's name: its routes would
+// silently send inference traffic to the ext_proc server.
+func TestPoolNamedLikeTheExtProcClusterIsRefused(t *testing.T) {
+	cfg := config.Default()
+	cfg.XDS.Pools = []config.XDSPool{{Name: ExtProcCluster, Endpoints: []string{"127.0.0.1:9"}}}
+	cfg.XDS.Listeners = []config.XDSListener{{Name: "ingress", VirtualHosts: []config.XDSVirtualHost{{
+		Name: "all", Routes: []config.XDSRoute{{Name: "main", Pool: ExtProcCluster}},
+	}}}}
+	_, err := newServer(cfg, "", slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	if err == nil || !strings.Contains(err.Error(), `xds.pools[0].name: "infergate-extproc" is reserved`) {
+		t.Fatalf("got %v, want the pool name refused", err)
 	}
 }

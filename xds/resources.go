@@ -114,7 +114,10 @@ func build(m model, registered map[string][]string, prev *resources) (*resources
 	}
 	eps, errs := buildEndpoints(m, registered)
 	r.endpoints = eps
-	for _, p := range x.Pools {
+	for i, p := range x.Pools {
+		if p.Name == ExtProcCluster {
+			errs = append(errs, fmt.Sprintf("xds.pools[%d].name: %q is reserved for the ext_proc server's cluster", i, p.Name))
+		}
 		r.clusters[p.Name] = poolCluster(p)
 	}
 	b := &builder{}
