@@ -62,7 +62,7 @@ func parseInferRequest(body []byte) (inferRequest, error) {
 	if len(in.Shape) == 0 || len(in.Shape) > 2 || in.Shape[0] < 1 || (len(in.Shape) == 2 && in.Shape[1] != 1) {
 		return req, errorf(http.StatusBadRequest, `input %q: shape %v must be [N] or [N,1] with N ≥ 1`, in.Name, in.Shape)
 	}
-	texts, err := flattenTexts(in.Data)
+	texts, err := flattenTexts(in.Data, in.Shape)
 	if err != nil {
 		return req, errorf(http.StatusBadRequest, "input %q: %s", in.Name, err.Error())
 	}
@@ -79,8 +79,9 @@ func parseInferRequest(body []byte) (inferRequest, error) {
 	return req, nil
 }
 
-// flattenTexts reads data as strings, flat or nested one level.
-func flattenTexts(data json.RawMessage) ([]string, error) {
+// flattenTexts reads data as strings: flat (row-major), or nested one
+// level as the [N,1] shape says.
+func flattenTexts(data json.RawMessage, shape []int64) ([]string, error) {
 	var elems []json.RawMessage
 	if err := json.Unmarshal(data, &elems); err != nil || elems == nil {
 		return nil, errorf(http.StatusBadRequest, `"data" must be an array of strings`)
@@ -89,20 +90,35 @@ func flattenTexts(data json.RawMessage) ([]string, error) {
 	for _, e := range elems {
 		e = bytes.TrimSpace(e)
 		if len(e) > 0 && e[0] == '[' {
-			var row []string
-			if err := json.Unmarshal(e, &row); err != nil {
-				return nil, errorf(http.StatusBadRequest, `"data" rows must be arrays of strings`)
+			var row []json.RawMessage
+			if err := json.Unmarshal(e, &row); err != nil || len(shape) != 2 || int64(len(row)) != shape[1] {
+				return nil, errorf(http.StatusBadRequest, `nested "data" needs shape [N,1] and rows of one string each (shape is %v)`, shape)
 			}
-			texts = append(texts, row...)
+			for _, c := range row {
+				s, err := dataString(c)
+				if err != nil {
+					return nil, err
+				}
+				texts = append(texts, s)
+			}
 			continue
 		}
-		var s string
-		if err := json.Unmarshal(e, &s); err != nil {
-			return nil, errorf(http.StatusBadRequest, `"data" elements must be strings (BYTES as UTF-8 text)`)
+		s, err := dataString(e)
+		if err != nil {
+			return nil, err
 		}
 		texts = append(texts, s)
 	}
 	return texts, nil
+}
+
+// dataString reads one BYTES element; JSON null is not a string.
+func dataString(e json.RawMessage) (string, error) {
+	var s string
+	if e = bytes.TrimSpace(e); len(e) == 0 || e[0] != '"' || json.Unmarshal(e, &s) != nil {
+		return "", errorf(http.StatusBadRequest, `"data" elements must be strings (BYTES as UTF-8 text)`)
+	}
+	return s, nil
 }
 
 type tensorMetadata struct {
