@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -57,8 +58,28 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /v2/models/{model}/versions/{version}/infer", s.handleInfer)
 	ops.HandleProbes(m, s.reg, s.ready)
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if allow := s.allowedMethods(r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			ops.WriteError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s %s: method not allowed (use %s)", r.Method, r.URL.Path, strings.Join(allow, " or ")))
+			return
+		}
 		ops.WriteError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
+}
+
+// allowedMethods lists the methods that have a route for r's path. The
+// catch-all above matches every method, so the mux never answers 405
+// itself.
+func (s *Server) allowedMethods(r *http.Request) []string {
+	var allow []string
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		other := *r
+		other.Method = method
+		if _, pattern := s.mux.Handler(&other); pattern != "/" {
+			allow = append(allow, method)
+		}
+	}
+	return allow
 }
 
 // modelVersion is the only version each model has.

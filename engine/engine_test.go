@@ -284,6 +284,16 @@ func TestModelsEndpoints(t *testing.T) {
 			t.Errorf("GET %s: %d %s, want a JSON 404", path, status, body)
 		}
 	}
+	// A known endpoint called with the wrong method is 405 with Allow, not
+	// "no such endpoint".
+	for path, allow := range map[string]string{"/v1/embeddings": "POST", "/v2/models/words/infer": "POST"} {
+		if status, header, body := te.get(t, path); status != http.StatusMethodNotAllowed || header.Get("Allow") != allow || !strings.Contains(string(body), `"error"`) {
+			t.Errorf("GET %s: %d Allow=%q %s, want a JSON 405 with Allow %s", path, status, header.Get("Allow"), body, allow)
+		}
+	}
+	if status, header, _ := te.post(t, "/v1/models", "{}"); status != http.StatusMethodNotAllowed || header.Get("Allow") != "GET" {
+		t.Errorf("POST /v1/models: %d Allow=%q, want 405 with Allow GET", status, header.Get("Allow"))
+	}
 }
 
 func TestKServeInfer(t *testing.T) {
