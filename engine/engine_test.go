@@ -562,3 +562,17 @@ func waitUntil(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// A KServe body over max_body_bytes is counted as an invalid request of
+// its model, as every other refused body is.
+func TestKServeOversizedBodyIsCounted(t *testing.T) {
+	te := startReady(t, engineConfig(t, ""), &wordEncoder{})
+	body := `{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["` + strings.Repeat("a", 5000) + `"]}]}`
+	if status, _, out := te.post(t, "/v2/models/words/infer", body); status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %d %s, want 413", status, out)
+	}
+	_, _, metrics := te.get(t, "/metrics")
+	if got := metricValue(string(metrics), `infergate_engine_requests_total{model="words",outcome="invalid"}`); got != 1 {
+		t.Fatalf("invalid requests of model words = %v, want 1", got)
+	}
+}

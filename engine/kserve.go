@@ -197,6 +197,7 @@ func (s *Server) handleInfer(w http.ResponseWriter, r *http.Request) {
 	}
 	body, err := s.readBody(w, r)
 	if err != nil {
+		s.countInvalid(sv.cfg.Name, err)
 		writeAPIError(w, err)
 		return
 	}
