@@ -117,16 +117,24 @@ func (s *Server) getConfig(w http.ResponseWriter, _ *http.Request) {
 }
 
 // change applies edit to a copy of the current routing model; edit's error
-// is the client's (404 or 400), a refused result is 422.
+// is the client's (404 or 400), a refused result is 422. The copy is taken
+// and applied under one lock, so that a change made meanwhile (another
+// admin call, the file watcher) is never silently undone.
 func (s *Server) change(w http.ResponseWriter, note string, edit func(x *config.XDS) (int, error)) {
-	m := s.currentModel()
-	if status, err := edit(&m.routing); err != nil {
+	s.mu.Lock()
+	m := s.model
+	m.routing = cloneRouting(m.routing)
+	status, err := edit(&m.routing)
+	if err != nil {
+		s.mu.Unlock()
 		ops.WriteError(w, status, err.Error())
 		return
 	}
-	v, err := s.apply(m, "admin", note)
+	v, err := s.applyLocked(m, "admin", note, func(err error) error { return err })
+	serving := s.version
+	s.mu.Unlock()
 	if err != nil {
-		ops.WriteError(w, http.StatusUnprocessableEntity, "refused, version "+strconv.Itoa(s.currentVersion())+" keeps serving: "+err.Error())
+		ops.WriteError(w, http.StatusUnprocessableEntity, "refused, version "+strconv.Itoa(serving)+" keeps serving: "+err.Error())
 		return
 	}
 	ops.WriteJSON(w, http.StatusOK, map[string]any{"version": v})

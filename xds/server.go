@@ -204,6 +204,11 @@ func (s *Server) apply(m model, source, note string) (int, error) {
 func (s *Server) applyDescribed(m model, source, note string, describe func(error) error) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.applyLocked(m, source, note, describe)
+}
+
+// applyLocked is applyDescribed with s.mu held.
+func (s *Server) applyLocked(m model, source, note string, describe func(error) error) (int, error) {
 	start := time.Now()
 	m.routing.SetRoutingDefaults()
 	err := m.routing.ValidateRouting()
