@@ -158,7 +158,17 @@ func buildEndpoints(m model, registered map[string][]string) (map[string]*endpoi
 			}
 			addrs = []string{m.engineAddr}
 		}
-		out[p.Name] = loadAssignment(p.Name, append(addrs, registered[p.Name]...))
+		// An address listed in the file that also registers itself is one
+		// endpoint: grpc-go NACKs a load assignment naming it twice.
+		var unique []string
+		seen := map[string]bool{}
+		for _, a := range append(addrs, registered[p.Name]...) {
+			if !seen[a] {
+				seen[a] = true
+				unique = append(unique, a)
+			}
+		}
+		out[p.Name] = loadAssignment(p.Name, unique)
 	}
 	return out, errs
 }

@@ -54,3 +54,29 @@ func TestPoolNamedLikeTheExtProcClusterIsRefused(t *testing.T) {
 		t.Fatalf("got %v, want the pool name refused", err)
 	}
 }
+
+// An engine that registers at an address the pool already lists (an
+// endpoint in the file that also registers itself) is one endpoint: grpc-go
+// NACKs a load assignment that names an address twice.
+func TestEngineRegisteredAtAStaticAddressIsListedOnce(t *testing.T) {
+	a, b := backend(t), backend(t)
+	s := startServer(t, twoPools(a, b, "pool: a"))
+	cc := grpcClient(t, s.ADSAddr(), "dup-client", "ingress")
+	servedBy(t, cc, a)
+	before := s.Nodes()["grpc/dup-client"].Types["endpoint"].SentVersion
+	for _, addr := range []string{a, b} {
+		if code := adminDo(t, s, "POST", "/v1/pools/a/endpoints", fmt.Sprintf(`{"address": %q, "ttl": "1h"}`, addr), nil); code != 201 {
+			t.Fatalf("register %s: %d", addr, code)
+		}
+	}
+	eventually(t, "new endpoints ACKed", func() error {
+		ts := s.Nodes()["grpc/dup-client"].Types["endpoint"]
+		if ts.NackedVersion != "" {
+			t.Fatalf("endpoints NACKed: %s", ts.Error)
+		}
+		if ts.SentVersion == before || ts.AckedVersion != ts.SentVersion {
+			return fmt.Errorf("endpoint status %+v", ts)
+		}
+		return nil
+	})
+}
