@@ -681,8 +681,10 @@ func TestImmediateResponseWhenDisabledIsSpurious(t *testing.T) {
 	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL,
 		Filter: &extprocfilterv3.ExternalProcessor{DisableImmediateResponse: true}})
 	res := do(t, h, "GET", "/", "", nil)
-	eq(t, "status", res.Status, 500)
-	eq(t, "local reply", res.LocalReply, "ext_proc_error_spurious_message")
+	// Envoy ignores it as spurious and lets the request pass unprocessed.
+	eq(t, "status", res.Status, 200)
+	eq(t, "went upstream", res.Upstream != nil, true)
+	eq(t, "local reply", res.LocalReply, "")
 }
 
 func TestMessageTimeout(t *testing.T) {
@@ -775,17 +777,21 @@ func TestServerUnreachableOrStreamError(t *testing.T) {
 	}
 }
 
-func TestSpuriousResponseIs500(t *testing.T) {
+// Envoy ignores a response it did not ask for, closes the stream and lets
+// the rest of the request pass unprocessed, even without failure_mode_allow
+// (Filter::onReceiveMessage treats it as FailedPrecondition, not an error).
+func TestSpuriousResponseIsIgnored(t *testing.T) {
 	up, _ := echoUpstream(t)
 	srv := harnesstest.Start(t, harnesstest.Loop(func(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
 		// Answers request headers with a response_headers message.
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
-			ResponseHeaders: &extprocv3.HeadersResponse{}}}
+			ResponseHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: setHeader("x-spurious", "1")}}}}
 	}))
 	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL})
 	res := do(t, h, "GET", "/", "", nil)
-	eq(t, "status", res.Status, 500)
-	eq(t, "went upstream", res.Upstream != nil, false)
+	eq(t, "status", res.Status, 200)
+	eq(t, "went upstream", res.Upstream != nil, true)
+	eq(t, "spurious mutation applied", res.Header.Get("x-spurious"), "")
 }
 
 func TestServerClosingStreamWithOKLetsTheRestPass(t *testing.T) {

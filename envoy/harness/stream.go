@@ -172,14 +172,14 @@ func (f *filter) receive(r recvResult, d *direction, wants ...msgKind) (resp *ex
 	}
 	if ir := resp.GetImmediateResponse(); ir != nil {
 		if f.h.filter.GetDisableImmediateResponse() {
-			return nil, true, f.grpcFailed("ext_proc_error_spurious_message")
+			return nil, true, f.spurious()
 		}
 		f.complete = true
 		f.closeStream(true)
 		return nil, true, immediateReply(ir)
 	}
 	if !answers(resp, d, wants) {
-		return nil, true, f.grpcFailed("ext_proc_error_spurious_message")
+		return nil, true, f.spurious()
 	}
 	return resp, true, nil
 }
@@ -260,7 +260,17 @@ func (f *filter) messageTimedOut() error {
 	return &localReply{status: http.StatusGatewayTimeout, details: "ext_proc_error_per-message_timeout_exceeded"}
 }
 
-// grpcFailed is Envoy's onGrpcError (also used for spurious messages):
+// spurious is Envoy's answer to a response it did not ask for (or an
+// ImmediateResponse under disable_immediate_response): Filter::onReceiveMessage
+// ignores it, closes the stream, and lets the rest of the request pass
+// unprocessed, whatever failure_mode_allow says.
+func (f *filter) spurious() error {
+	f.complete = true
+	f.closeStream(true)
+	return nil
+}
+
+// grpcFailed is Envoy's onGrpcError:
 // status_on_error, or carry on unprocessed under failure_mode_allow.
 func (f *filter) grpcFailed(details string) error {
 	f.complete = true
