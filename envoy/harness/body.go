@@ -48,7 +48,7 @@ func (f *filter) bufferedBody(d *direction, in *message, hdrs *headerMap, out em
 					}
 				}
 			}
-			f.routeCache(d, cr, false)
+			f.routeCache(d, cr)
 		}
 	}
 	if err := out.headers(hdrs); err != nil {
@@ -85,7 +85,7 @@ func (f *filter) partialBody(d *direction, in *message, hdrs *headerMap, out emi
 			if bm := cr.GetBodyMutation(); bm != nil {
 				part = mutateBody(bm, part)
 			}
-			f.routeCache(d, cr, false)
+			f.routeCache(d, cr)
 		}
 	}
 	if err := out.headers(hdrs); err != nil {
@@ -245,7 +245,7 @@ func (f *filter) streamedBody(d *direction, in *message, out emitter, readTraile
 			if bm := cr.GetBodyMutation(); bm != nil {
 				chunk = mutateBody(bm, chunk)
 			}
-			f.routeCache(d, cr, false)
+			f.routeCache(d, cr)
 			if err := emit(chunk); err != nil {
 				return err
 			}

@@ -133,7 +133,7 @@ func (f *filter) duplexAnswer(d *direction, resp *extprocv3.ProcessingResponse, 
 		if err := f.applyHeaderMutation(cr.GetHeaderMutation(), hdrs, false); err != nil {
 			return err
 		}
-		f.routeCache(d, cr, true)
+		f.routeCache(d, cr)
 		*headersPending = false
 		return out.headers(hdrs)
 	case resp.GetRequestTrailers() != nil || resp.GetResponseTrailers() != nil:
@@ -157,7 +157,7 @@ func (f *filter) duplexAnswer(d *direction, resp *extprocv3.ProcessingResponse, 
 	if sr.GetEndOfStream() {
 		*bodyDone = true
 	}
-	f.routeCache(d, bodyCommon(d, resp), false)
+	f.routeCache(d, bodyCommon(d, resp))
 	if len(sr.GetBody()) == 0 {
 		return nil
 	}

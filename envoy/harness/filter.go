@@ -205,7 +205,7 @@ func (f *filter) runDirection(d *direction, in *message, out emitter) error {
 				if err := f.applyHeaderMutation(cr.GetHeaderMutation(), hdrs, replacing); err != nil {
 					return err
 				}
-				f.routeCache(d, cr, true)
+				f.routeCache(d, cr)
 				if replacing {
 					if bm := cr.GetBodyMutation(); bm != nil {
 						hdrs.remove("content-length")
@@ -329,10 +329,11 @@ func (f *filter) mutationFailed(err error) error {
 	return &localReply{status: http.StatusInternalServerError, details: err.Error()}
 }
 
-// routeCache applies route_cache_action / clear_route_cache. Only the
-// request direction can change the route.
-func (f *filter) routeCache(d *direction, cr *extprocv3.CommonResponse, headersResponse bool) {
-	if !d.request || cr == nil {
+// routeCache applies route_cache_action / clear_route_cache to a headers
+// or body response. Only the request direction can change the route, and
+// only a response with a header mutation can clear it, whatever the action.
+func (f *filter) routeCache(d *direction, cr *extprocv3.CommonResponse) {
+	if !d.request || cr == nil || cr.GetHeaderMutation() == nil {
 		return
 	}
 	action := f.h.filter.GetRouteCacheAction()
@@ -342,9 +343,9 @@ func (f *filter) routeCache(d *direction, cr *extprocv3.CommonResponse, headersR
 	clear := false
 	switch action {
 	case extprocfilterv3.ExternalProcessor_CLEAR:
-		clear = headersResponse
+		clear = true
 	case extprocfilterv3.ExternalProcessor_DEFAULT:
-		clear = cr.GetClearRouteCache() && cr.GetHeaderMutation() != nil
+		clear = cr.GetClearRouteCache()
 	}
 	if clear {
 		f.routeCleared = true

@@ -903,6 +903,42 @@ func TestHandlerIsAMiniEnvoy(t *testing.T) {
 	eq(t, "x-processed", resp.Header.Get("X-Processed"), "yes")
 }
 
+// route_cache_action CLEAR clears the route cache on any headers or body
+// response that carries a header mutation, clear_route_cache or not, and
+// never on one without (ProcessorState::clearRouteCache).
+func TestRouteCacheActionClearFollowsHeaderMutations(t *testing.T) {
+	small, _ := echoUpstream(t)
+	large := staticUpstream(t, "from large pool")
+	route := func(h http.Header, path string) string {
+		if h.Get("X-Model") == "large" {
+			return large.URL
+		}
+		return small.URL
+	}
+	for _, withHeader := range []bool{true, false} {
+		t.Run(fmt.Sprintf("header mutation %v", withHeader), func(t *testing.T) {
+			srv := harnesstest.Start(t, harnesstest.Loop(func(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+				if req.GetRequestBody() != nil && withHeader {
+					return harnesstest.Reply(req, &extprocv3.CommonResponse{HeaderMutation: setHeader("x-model", "large")})
+				}
+				return harnesstest.Continue(req)
+			}))
+			h := newHarness(t, srv.Addr, harness.Config{Route: route,
+				Filter: &extprocfilterv3.ExternalProcessor{
+					ProcessingMode:   mode(send, skip, buffered, none, skip, skip),
+					RouteCacheAction: extprocfilterv3.ExternalProcessor_CLEAR,
+				}})
+			res := do(t, h, "POST", "/v1/chat", `{"model":"large"}`, nil)
+			eq(t, "route cache cleared", res.RouteCacheCleared, withHeader)
+			want := `{"model":"large"}`
+			if withHeader {
+				want = "from large pool"
+			}
+			eq(t, "body", string(res.Body), want)
+		})
+	}
+}
+
 func TestRouteMissingIs404ThroughResponsePhase(t *testing.T) {
 	srv := harnesstest.Start(t, harnesstest.ContinueAll())
 	h := newHarness(t, srv.Addr, harness.Config{Route: func(http.Header, string) string { return "" }})
