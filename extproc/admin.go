@@ -2,10 +2,12 @@ package extproc
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 
 	"github.com/infergate/infergate/extproc/cache"
+	"github.com/infergate/infergate/extproc/semantic"
 	"github.com/infergate/infergate/internal/ops"
 )
 
@@ -40,6 +42,14 @@ func (s *Server) handlePurge(w http.ResponseWriter, r *http.Request) {
 		sel.Tenant = tenantScope(sel.Tenant)
 	}
 	n, err := s.store.Purge(r.Context(), sel)
+	if sel.Key == "" {
+		// A key names an exact-cache entry only; every other selector
+		// reaches the semantic cache too, or a purged answer would still
+		// be served to the same question.
+		m, semErr := s.sem.Purge(r.Context(), semanticSelector(sel))
+		n += m
+		err = errors.Join(err, semErr)
+	}
 	s.metrics.purges.WithLabelValues(kind).Inc()
 	s.metrics.purgedEntries.Add(float64(n))
 	if err != nil {
@@ -52,6 +62,12 @@ func (s *Server) handlePurge(w http.ResponseWriter, r *http.Request) {
 }
 
 // selectorKind labels a purge by its narrowest selector.
+// semanticSelector is sel (its tenant already a cache scope) for the
+// semantic cache.
+func semanticSelector(sel cache.Selector) semantic.Selector {
+	return semantic.Selector{All: sel.All, Route: sel.Route, Scope: sel.Tenant, Model: sel.Model}
+}
+
 func selectorKind(sel cache.Selector) string {
 	switch {
 	case sel.All:

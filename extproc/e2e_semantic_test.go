@@ -219,3 +219,38 @@ func TestExactRoutesStayOutOfTheSemanticCache(t *testing.T) {
 		t.Fatalf("an exact-cache route made %v semantic lookups and stores", n)
 	}
 }
+
+// An operator purges an answer because it is wrong: the semantic cache
+// must drop it too, on every replica, or the same question still gets it.
+func TestE2EPurgeReachesTheSemanticCacheOnEveryReplica(t *testing.T) {
+	eng := startEngine(t)
+	rds := redistest.Start(t)
+	a := startExtProc(t, both(withEngine(eng.url), withRedis(rds.Addr)))
+	b := startExtProc(t, both(withEngine(eng.url), withRedis(rds.Addr)))
+	up := newChatUpstream(t)
+	ha := newHarness(t, a, up.URL, semanticRoute, nil)
+	hb := newHarness(t, b, up.URL, semanticRoute, nil)
+
+	purged := ask(t, ha, "acme", supportBot, "How do I update my billing address?")
+	eventually(t, "replica b applying replica a's entry", func() bool {
+		return metric(t, b.Registry(), "infergate_extproc_semantic_entries") == 1
+	})
+	resp, err := http.Post("http://"+a.AdminAddr()+"/v1/cache/purge", "application/json", strings.NewReader(`{"tenant":"acme"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("purge: %d", resp.StatusCode)
+	}
+	eventually(t, "replica b dropping the purged entry", func() bool {
+		return metric(t, b.Registry(), "infergate_extproc_semantic_entries") == 0
+	})
+	// Each replica's answer may be stored and shared again; what must not
+	// come back is the purged one.
+	for name, h := range map[string]*harness.Harness{"a": ha, "b": hb} {
+		if res := ask(t, h, "acme", supportBot, "How can I update my billing address?"); string(res.Body) == string(purged.Body) {
+			t.Errorf("replica %s served the purged answer: %q", name, res.Header.Get("Cache-Status"))
+		}
+	}
+}

@@ -22,7 +22,15 @@ type Store struct {
 	redis  *redisconn.Conn
 	origin string
 	log    *slog.Logger
+	// relayed runs for each purge another replica relays, so that caches
+	// beside this one (the semantic cache) purge too.
+	relayed func(Selector)
 }
+
+// OnRelayedPurge registers fn to run for every purge relayed by another
+// replica, after the in-process entries are purged. Call it before
+// FollowPurges.
+func (s *Store) OnRelayedPurge(fn func(Selector)) { s.relayed = fn }
 
 // NewStore combines local with redis (nil for in-process only).
 func NewStore(local *Local, redis *redisconn.Conn, log *slog.Logger) *Store {
@@ -192,6 +200,9 @@ func (s *Store) applyPurges(ctx context.Context, ch <-chan *redis.Message) {
 				continue
 			}
 			s.local.Purge(pm.Selector)
+			if s.relayed != nil {
+				s.relayed(pm.Selector)
+			}
 		}
 	}
 }

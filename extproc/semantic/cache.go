@@ -175,6 +175,7 @@ type entry struct {
 	id       uint64
 	key      string // scope and question hash: the same on every replica
 	scope    string
+	labels   purgeLabels
 	question string
 	vec      []float32
 	resp     StoredResponse
@@ -218,6 +219,7 @@ type prepared struct {
 	scope    string
 	question string
 	key      string
+	labels   purgeLabels
 }
 
 func prepare(req Request) (prepared, error) {
@@ -229,7 +231,8 @@ func prepare(req Request) (prepared, error) {
 		return prepared{}, err
 	}
 	scope := hashHex(req.Policy.Route, req.Scope, id.Context)
-	return prepared{scope: scope, question: id.Text, key: hashHex(scope, id.Text)}, nil
+	labels := purgeLabels{Route: req.Policy.Route, Scope: req.Scope, Model: id.Model}
+	return prepared{scope: scope, question: id.Text, key: hashHex(scope, id.Text), labels: labels}, nil
 }
 
 func hashHex(parts ...string) string {
@@ -448,7 +451,7 @@ const (
 )
 
 func (c *Cache) storeVector(ctx context.Context, p prepared, req Request, resp StoredResponse, vec []float32, ttl time.Duration) string {
-	e := &entry{key: p.key, scope: p.scope, question: p.question, vec: vec, resp: resp, expires: c.now().Add(ttl)}
+	e := &entry{key: p.key, scope: p.scope, labels: p.labels, question: p.question, vec: vec, resp: resp, expires: c.now().Add(ttl)}
 	if !c.insert(e) {
 		return storeTooLarge
 	}

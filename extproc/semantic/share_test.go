@@ -135,3 +135,42 @@ func TestRedisDownLeavesTheLocalCacheWorking(t *testing.T) {
 		t.Error("Redis failures not counted")
 	}
 }
+
+// A purged answer must not come back: not from this replica, not from
+// Redis into a replica that starts later.
+func TestPurgeRemovesEntriesHereAndInRedis(t *testing.T) {
+	client := startRedis(t)
+	a := replica(t, client)
+	const system = "You are a support bot."
+	mustStore(t, a, req("acme", system, "How do I reset my password?"), answer("acme"))
+	mustStore(t, a, req("globex", system, "How do I reset my password?"), answer("globex"))
+
+	n, err := a.Purge(context.Background(), Selector{Scope: "acme"})
+	if err != nil || n != 1 {
+		t.Fatalf("Purge = %d, %v; want 1 entry", n, err)
+	}
+	if _, ok := a.Lookup(context.Background(), req("acme", system, "How can I reset my password?")); ok {
+		t.Fatal("the purged tenant's answer is still served")
+	}
+	if _, ok := a.Lookup(context.Background(), req("globex", system, "How can I reset my password?")); !ok {
+		t.Fatal("another tenant's answer was purged")
+	}
+	later := replica(t, client)
+	eventuallyHit(t, later, req("globex", system, "How can I reset my password?"))
+	if _, ok := later.Lookup(context.Background(), req("acme", system, "How can I reset my password?")); ok {
+		t.Fatal("a replica loaded the purged answer back from Redis")
+	}
+
+	if n, err := a.Purge(context.Background(), Selector{Route: "chat", Model: "other-model"}); err != nil || n != 0 {
+		t.Fatalf("purge of another model: %d, %v", n, err)
+	}
+	if n, err := a.Purge(context.Background(), Selector{All: true}); err != nil || n != 1 {
+		t.Fatalf("purge all: %d, %v", n, err)
+	}
+	if keys := client.Keys(context.Background(), "infergate:sem:e:*").Val(); len(keys) != 0 {
+		t.Fatalf("Redis still holds %v after purging all", keys)
+	}
+	if later.PurgeLocal(Selector{}) != 0 {
+		t.Fatal("an empty selector purged entries")
+	}
+}
