@@ -81,7 +81,12 @@ func (f *filter) partialBody(d *direction, in *message, hdrs *headerMap, out emi
 			return err
 		}
 		if resp != nil {
+			// The headers wait for this answer, so its header mutation
+			// still applies to them.
 			cr := bodyCommon(d, resp)
+			if err := f.applyHeaderMutation(cr.GetHeaderMutation(), hdrs, false); err != nil {
+				return err
+			}
 			if bm := cr.GetBodyMutation(); bm != nil {
 				part = mutateBody(bm, part)
 			}

@@ -388,6 +388,22 @@ func TestBufferedPartialSendsAtLimitAndPassesTheRest(t *testing.T) {
 	eq(t, "upstream got all", string(res.Upstream.Body), body)
 }
 
+// In BUFFERED_PARTIAL mode Envoy holds the headers until the partial body
+// is answered, and applies that answer's header mutation to them.
+func TestBufferedPartialBodyResponseMutatesHeaders(t *testing.T) {
+	up, _ := echoUpstream(t)
+	srv := harnesstest.Start(t, harnesstest.Loop(func(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+		if req.GetRequestBody() != nil {
+			return harnesstest.Reply(req, &extprocv3.CommonResponse{HeaderMutation: setHeader("x-from-body", "seen")})
+		}
+		return harnesstest.Continue(req)
+	}))
+	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL, BufferLimit: 1000,
+		Filter: &extprocfilterv3.ExternalProcessor{ProcessingMode: mode(send, skip, partial, none, skip, skip)}})
+	res := do(t, h, "POST", "/", strings.Repeat("a", 1500), nil)
+	eq(t, "upstream header", res.Upstream.Header.Get("x-from-body"), "seen")
+}
+
 func TestStreamedBodyOneMessagePerChunkAndSSEStaysStreamed(t *testing.T) {
 	events := []string{"data: one\n\n", "data: two\n\n", "data: three\n\n"}
 	// The upstream sends the next event only once the processor has seen
