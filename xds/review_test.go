@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -79,4 +80,32 @@ func TestEngineRegisteredAtAStaticAddressIsListedOnce(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A registration with a TTL shorter than xds.heartbeat_ttl still leaves
+// EDS soon after that TTL, not only at the next heartbeat_ttl/4 sweep
+// (3.75s with the default 15s).
+func TestShortTTLRegistrationExpiresOnTime(t *testing.T) {
+	s := startServer(t, `engine:
+  listen: 127.0.0.1:1
+xds:
+  pools:
+    - name: default
+    - name: dyn
+`)
+	if code := adminDo(t, s, "POST", "/v1/pools/dyn/endpoints", `{"address": "127.0.0.1:9", "ttl": "100ms"}`, nil); code != 201 {
+		t.Fatalf("register: %d", code)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		var list struct{ Endpoints []registration }
+		adminDo(t, s, "GET", "/v1/endpoints", "", &list)
+		if len(list.Endpoints) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a 100ms registration is still listed 3s later: %+v", list.Endpoints)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -262,7 +262,9 @@ func (s *Server) endpointsChanged() {
 
 // expireLoop drops registered engines whose heartbeat stopped.
 func (s *Server) expireLoop(ctx context.Context) {
-	tick := time.NewTicker(max(s.cfg.XDS.HeartbeatTTL/4, 10*time.Millisecond))
+	// A registration may ask for a TTL far below heartbeat_ttl, so sweep
+	// at least four times a second; a sweep is one pass over a small map.
+	tick := time.NewTicker(max(min(s.cfg.XDS.HeartbeatTTL/4, 250*time.Millisecond), 10*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
