@@ -155,7 +155,7 @@ func (st *stream) responseComplete() string {
 		switch {
 		case st.respOver || len(st.respBody) > st.s.cfg.Cache.MaxEntryBytes:
 			st.storeNot = "too-large"
-		case st.sse && !bytes.Contains(st.respTail, []byte("data: [DONE]")):
+		case st.sse && !endsWithDone(st.respTail):
 			st.storeNot = "incomplete-stream"
 		}
 	}
@@ -184,6 +184,16 @@ func (st *stream) responseComplete() string {
 	}
 	st.finishFlight(e)
 	return st.cacheStatus(true)
+}
+
+// endsWithDone reports whether an event stream's last event is the
+// OpenAI terminator "data: [DONE]"; the same words inside an earlier
+// event's answer do not make a stream that broke off complete.
+func endsWithDone(tail []byte) bool {
+	tail = bytes.TrimRight(tail, "\r\n\t ")
+	last := tail[bytes.LastIndexAny(tail, "\r\n")+1:]
+	data, ok := bytes.CutPrefix(last, []byte("data:"))
+	return ok && string(bytes.TrimSpace(data)) == "[DONE]"
 }
 
 // cacheStatus is the RFC 9211 value for a request that went upstream.

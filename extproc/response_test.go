@@ -38,3 +38,19 @@ func TestDirectivesAndStoredHeaders(t *testing.T) {
 		t.Fatalf("stored headers = %v, want content-type and x-model-version only", kept)
 	}
 }
+
+func TestEventStreamEndsWithDone(t *testing.T) {
+	for body, want := range map[string]bool{
+		"data: {\"x\":1}\n\ndata: [DONE]\n\n": true,
+		"data:[DONE]\r\n\r\n":                 true,
+		"data: [DONE]":                        true,
+		// The words inside an answer, then the stream breaks off.
+		"data: {\"content\":\"data: [DONE]\"}\n\ndata: {\"content\":\"and then\"}\n\n": false,
+		"data: {\"content\":\"a line\\ndata: [DONE]\"}\n\n":                            false,
+		"": false,
+	} {
+		if got := endsWithDone([]byte(body)); got != want {
+			t.Errorf("endsWithDone(%q) = %v, want %v", body, got, want)
+		}
+	}
+}
