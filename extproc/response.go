@@ -53,10 +53,6 @@ func (st *stream) responseHeaders(hm *extprocv3.HttpHeaders) error {
 		st.storeNot = "no-store"
 	case cc["private"]:
 		st.storeNot = "private"
-	case cc["no-cache"]:
-		// This cache cannot revalidate, so it may not reuse the response
-		// (nor, for no-cache="field", leave the fields out of a replay).
-		st.storeNot = "no-cache"
 	default:
 		if n, err := strconv.Atoi(h["content-length"]); err == nil && n > st.s.cfg.Cache.MaxEntryBytes {
 			st.storeNot = "too-large"

@@ -168,10 +168,6 @@ func TestCacheControlAndStorability(t *testing.T) {
 			w.Header().Set("Cache-Control", "private, max-age=60")
 			io.WriteString(w, `{"x":1}`)
 		}},
-		{"no-cache", "no-cache", func(w http.ResponseWriter, _ *http.Request, _ []byte) {
-			w.Header().Set("Cache-Control", "public, no-cache")
-			io.WriteString(w, `{"x":1}`)
-		}},
 		{"s-maxage=0", "stale", func(w http.ResponseWriter, _ *http.Request, _ []byte) {
 			w.Header().Set("Cache-Control", "max-age=600, s-maxage=0")
 			io.WriteString(w, `{"x":1}`)
