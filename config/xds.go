@@ -396,6 +396,9 @@ func (x *XDS) ValidateRouting() error {
 	}
 	listeners := map[string]bool{}
 	addresses := map[string]string{}
+	// Route names scope cache entries, rate limits and purges, so they are
+	// unique across listeners, not only within one.
+	routes := map[string]string{} // route name → listener
 	for i, l := range x.Listeners {
 		path := fmt.Sprintf("xds.listeners[%d]", i)
 		if !validName(l.Name) {
@@ -416,7 +419,6 @@ func (x *XDS) ValidateRouting() error {
 		if len(l.VirtualHosts) == 0 {
 			add(path+".virtual_hosts", "a listener needs at least one virtual host")
 		}
-		routes := map[string]bool{}
 		vhosts := map[string]bool{}
 		domains := map[string]string{}
 		for j, vh := range l.VirtualHosts {
@@ -441,10 +443,10 @@ func (x *XDS) ValidateRouting() error {
 			}
 			for k, r := range vh.Routes {
 				rpath := fmt.Sprintf("%s.routes[%d]", vpath, k)
-				if routes[r.Name] {
-					add(rpath+".name", "route %q is defined twice in listener %q", r.Name, l.Name)
+				if other, ok := routes[r.Name]; ok {
+					add(rpath+".name", "route %q is already defined in listener %q (route names scope cache entries and rate limits, so they are unique across listeners)", r.Name, other)
 				}
-				routes[r.Name] = true
+				routes[r.Name] = l.Name
 				errs = append(errs, r.validate(rpath, pools, x.Policies))
 			}
 		}

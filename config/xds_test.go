@@ -63,7 +63,7 @@ func TestXDSErrorsNameFieldAndLine(t *testing.T) {
 	for _, want := range []string{
 		"xds.listeners[0].virtual_hosts[0].routes[0].match.regex (line 8): not an RE2 expression",
 		`xds.listeners[0].virtual_hosts[0].routes[0].pool (line 9): no pool named "gpu"`,
-		`xds.listeners[0].virtual_hosts[0].routes[1].name (line 10): route "chat" is defined twice`,
+		`xds.listeners[0].virtual_hosts[0].routes[1].name (line 10): route "chat" is already defined in listener`,
 		"xds.listeners[0].virtual_hosts[0].routes[1] (line 10): give pool or destinations, not both",
 		"xds.listeners[0].virtual_hosts[0].routes[2].destinations (line 14): weights add up to 0",
 		`xds.listeners[0].virtual_hosts[0].routes[2].retry.on[0] (line 15): "sometimes" is not an Envoy retry condition`,
@@ -116,5 +116,22 @@ func TestXDSListenerOnHostNameIsRefused(t *testing.T) {
 	_, err := Parse("infergate.yaml", []byte(src))
 	if err == nil || !strings.Contains(err.Error(), `xds.listeners[0].address`) || !strings.Contains(err.Error(), `"localhost"`) {
 		t.Fatalf("got %v, want the host name refused", err)
+	}
+}
+
+// Two listeners with a route of the same name would share cache entries and
+// rate limits, which are scoped by route name.
+func TestRouteNamesAreUniqueAcrossListeners(t *testing.T) {
+	_, err := Parse("x.yaml", []byte(`xds:
+  listeners:
+    - name: public
+      address: 127.0.0.1:10000
+      virtual_hosts: [{name: v, routes: [{name: main, pool: default}]}]
+    - name: internal
+      address: 127.0.0.1:10001
+      virtual_hosts: [{name: v, routes: [{name: main, pool: default}]}]
+`))
+	if err == nil || !strings.Contains(err.Error(), `route "main" is already defined in listener "public"`) || !strings.Contains(err.Error(), "line 8") {
+		t.Fatalf("error %v, want the second route refused with its line", err)
 	}
 }
