@@ -29,20 +29,21 @@ const (
 )
 
 // headers is a request's or response's header map as Envoy sent it, keys
-// lower case, first value kept.
+// lower case, the values of a repeated field joined with ", " (RFC 9110
+// §5.3), so that "Cache-Control: private" on a second line still counts.
 type headers map[string]string
 
 func readHeaders(hm *corev3.HeaderMap) headers {
 	h := make(headers, len(hm.GetHeaders()))
 	for _, hv := range hm.GetHeaders() {
 		k := strings.ToLower(hv.GetKey())
-		if _, dup := h[k]; dup {
-			continue
-		}
 		// Envoy fills raw_value; grpc-go's client fills value.
 		v := string(hv.GetRawValue())
 		if v == "" {
 			v = hv.GetValue()
+		}
+		if prev, dup := h[k]; dup {
+			v = prev + ", " + v
 		}
 		h[k] = v
 	}

@@ -168,6 +168,11 @@ func TestCacheControlAndStorability(t *testing.T) {
 			w.Header().Set("Cache-Control", "private, max-age=60")
 			io.WriteString(w, `{"x":1}`)
 		}},
+		{"private on a second line", "private", func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+			w.Header().Add("Cache-Control", "max-age=60")
+			w.Header().Add("Cache-Control", "private")
+			io.WriteString(w, `{"x":1}`)
+		}},
 		{"s-maxage=0", "stale", func(w http.ResponseWriter, _ *http.Request, _ []byte) {
 			w.Header().Set("Cache-Control", "max-age=600, s-maxage=0")
 			io.WriteString(w, `{"x":1}`)
