@@ -42,14 +42,11 @@ func (s *Server) handlePurge(w http.ResponseWriter, r *http.Request) {
 		sel.Tenant = tenantScope(sel.Tenant)
 	}
 	n, err := s.store.Purge(r.Context(), sel)
-	if sel.Key == "" {
-		// A key names an exact-cache entry only; every other selector
-		// reaches the semantic cache too, or a purged answer would still
-		// be served to the same question.
-		m, semErr := s.sem.Purge(r.Context(), semanticSelector(sel))
-		n += m
-		err = errors.Join(err, semErr)
-	}
+	// The semantic cache purges too, or a purged answer would still be
+	// served to the same question.
+	m, semErr := s.sem.Purge(r.Context(), semanticSelector(sel))
+	n += m
+	err = errors.Join(err, semErr)
 	s.metrics.purges.WithLabelValues(kind).Inc()
 	s.metrics.purgedEntries.Add(float64(n))
 	if err != nil {
@@ -65,7 +62,7 @@ func (s *Server) handlePurge(w http.ResponseWriter, r *http.Request) {
 // semanticSelector is sel (its tenant already a cache scope) for the
 // semantic cache.
 func semanticSelector(sel cache.Selector) semantic.Selector {
-	return semantic.Selector{All: sel.All, Route: sel.Route, Scope: sel.Tenant, Model: sel.Model}
+	return semantic.Selector{All: sel.All, Key: string(sel.Key), Route: sel.Route, Scope: sel.Tenant, Model: sel.Model}
 }
 
 func selectorKind(sel cache.Selector) string {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -252,5 +253,30 @@ func TestE2EPurgeReachesTheSemanticCacheOnEveryReplica(t *testing.T) {
 		if res := ask(t, h, "acme", supportBot, "How can I update my billing address?"); string(res.Body) == string(purged.Body) {
 			t.Errorf("replica %s served the purged answer: %q", name, res.Header.Get("Cache-Status"))
 		}
+	}
+}
+
+// A purge by key (the key from Cache-Status) on a semantic route removes
+// the semantic copy too: the identical question would match it at
+// similarity 1.
+func TestE2EPurgeByKeyReachesTheSemanticCache(t *testing.T) {
+	eng := startEngine(t)
+	srv := startExtProc(t, withEngine(eng.url))
+	up := newChatUpstream(t)
+	h := newHarness(t, srv, up.URL, semanticRoute, nil)
+
+	first := ask(t, h, "acme", supportBot, "How do I update my billing address?")
+	waitStored(t, srv, 1)
+	key := regexp.MustCompile(`key="([^"]+)"`).FindStringSubmatch(cacheStatus(t, first))
+	if key == nil {
+		t.Fatalf("no key in %q", cacheStatus(t, first))
+	}
+	resp, err := http.Post("http://"+srv.AdminAddr()+"/v1/cache/purge", "application/json", strings.NewReader(`{"key":"`+key[1]+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if res := ask(t, h, "acme", supportBot, "How do I update my billing address?"); isHit(res.Header.Get("Cache-Status")) {
+		t.Fatalf("the purged answer was served: %q", res.Header.Get("Cache-Status"))
 	}
 }

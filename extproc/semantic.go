@@ -54,7 +54,7 @@ func (s semanticStage) Lookup(ctx context.Context, q *Query) (StageHit, bool) {
 	if q.Policy.Cache != policy.CacheSemantic {
 		return StageHit{}, false
 	}
-	hit, ok := s.c.Lookup(ctx, semantic.Request{Policy: q.Policy, Scope: q.Scope, Path: q.Path, Body: q.Body})
+	hit, ok := s.c.Lookup(ctx, semantic.Request{Policy: q.Policy, Scope: q.Scope, Path: q.Path, Body: q.Body, ExactKey: string(q.Key)})
 	if !ok {
 		return StageHit{}, false
 	}
@@ -87,5 +87,5 @@ func (s semanticStage) Store(ctx context.Context, q *Query, e *cache.Entry) {
 	// e.TTL is the route's TTL already capped by the origin's max-age.
 	p := q.Policy
 	p.TTL = e.TTL
-	_ = s.c.Store(ctx, semantic.Request{Policy: p, Scope: q.Scope, Path: q.Path, Body: q.Body}, resp)
+	_ = s.c.Store(ctx, semantic.Request{Policy: p, Scope: q.Scope, Path: q.Path, Body: q.Body, ExactKey: string(q.Key)}, resp)
 }

@@ -111,6 +111,9 @@ type Request struct {
 	Path string
 	// Body is the complete request body.
 	Body []byte
+	// ExactKey is the request's exact-cache key, so that a purge by that
+	// key also removes the answer stored here.
+	ExactKey string
 }
 
 // StoredResponse is the response kept for a question.
@@ -231,7 +234,7 @@ func prepare(req Request) (prepared, error) {
 		return prepared{}, err
 	}
 	scope := hashHex(req.Policy.Route, req.Scope, id.Context)
-	labels := purgeLabels{Route: req.Policy.Route, Scope: req.Scope, Model: id.Model}
+	labels := purgeLabels{Route: req.Policy.Route, Scope: req.Scope, Model: id.Model, Key: req.ExactKey}
 	return prepared{scope: scope, question: id.Text, key: hashHex(scope, id.Text), labels: labels}, nil
 }
 

@@ -14,12 +14,15 @@ type purgeLabels struct {
 	Route string
 	Scope string // the tenant's cache scope, as in Request.Scope
 	Model string
+	Key   string // the exact-cache key of the request that stored it
 }
 
-// Selector picks the entries to purge: every entry when All, otherwise
-// those whose route, scope and model equal the fields that are set.
+// Selector picks the entries to purge: every entry when All, those stored
+// by the request with exact-cache key Key, otherwise those whose route,
+// scope and model equal the fields that are set.
 type Selector struct {
 	All   bool
+	Key   string
 	Route string
 	Scope string
 	Model string
@@ -28,6 +31,9 @@ type Selector struct {
 func (s Selector) matches(l purgeLabels) bool {
 	if s.All {
 		return true
+	}
+	if s.Key != "" {
+		return s.Key == l.Key
 	}
 	if s.Route == "" && s.Scope == "" && s.Model == "" {
 		return false
@@ -80,7 +86,7 @@ func (s *sharer) purge(ctx context.Context, sel Selector) error {
 		}
 		cmds, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, k := range batch {
-				p.HMGet(ctx, k, "route", "tenant", "model")
+				p.HMGet(ctx, k, "route", "tenant", "model", "xkey")
 			}
 			return nil
 		})
@@ -91,7 +97,7 @@ func (s *sharer) purge(ctx context.Context, sel Selector) error {
 		for i, cmd := range cmds {
 			v := cmd.(*redis.SliceCmd).Val()
 			str := func(j int) string { s, _ := v[j].(string); return s }
-			if len(v) == 3 && sel.matches(purgeLabels{Route: str(0), Scope: str(1), Model: str(2)}) {
+			if len(v) == 4 && sel.matches(purgeLabels{Route: str(0), Scope: str(1), Model: str(2), Key: str(3)}) {
 				victims = append(victims, batch[i])
 			}
 		}
