@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -117,6 +118,10 @@ func TestE2ESemanticHitsOnlyTheSameQuestionInTheSameScope(t *testing.T) {
 	para := ask(t, h, "acme", supportBot, "How can I reset my password?")
 	if !isSemanticHit(para) || string(para.Body) != string(first.Body) {
 		t.Fatalf("paraphrase: Cache-Status %q, body %s", para.Header.Get("Cache-Status"), para.Body)
+	}
+	// RFC 9111 §5.1: a response from cache carries its Age.
+	if age, err := strconv.Atoi(para.Header.Get("Age")); err != nil || age < 0 {
+		t.Errorf("semantic hit Age = %q", para.Header.Get("Age"))
 	}
 	if n := up.calls.Load(); n != 2 {
 		t.Fatalf("upstream answered %d requests, want 2 (the paraphrase from cache)", n)

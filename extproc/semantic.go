@@ -64,6 +64,9 @@ func (s semanticStage) Lookup(ctx context.Context, q *Query) (StageHit, bool) {
 	}
 	// The semantic cache does not report an entry's age, so no Age is sent.
 	e := &cache.Entry{Status: status, Body: hit.Response.Body}
+	if !hit.StoredAt.IsZero() {
+		e.StoredAt, e.TTL = hit.StoredAt, hit.Expires.Sub(hit.StoredAt)
+	}
 	for _, h := range hit.Response.Headers {
 		e.Header = append(e.Header, cache.Header{Name: h[0], Value: h[1]})
 	}

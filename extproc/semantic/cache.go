@@ -133,6 +133,10 @@ type Hit struct {
 	Similarity float64
 	// Question is the stored question the response answered.
 	Question string
+	// StoredAt and Expires bound the answer's life, for Age and the TTL;
+	// StoredAt is zero for an entry shared by a replica that did not say.
+	StoredAt time.Time
+	Expires  time.Time
 }
 
 // Headers are the response headers that mark a semantic hit: the RFC 9211
@@ -182,6 +186,7 @@ type entry struct {
 	question string
 	vec      []float32
 	resp     StoredResponse
+	stored   time.Time
 	expires  time.Time
 	size     int64
 	lruElem  *list.Element
@@ -301,7 +306,7 @@ func (c *Cache) lookup(ctx context.Context, req Request) (Hit, string) {
 		c.lru.MoveToFront(e.lruElem)
 	}
 	c.mu.Unlock()
-	return Hit{Response: best.resp, Similarity: float64(best.sim), Question: best.question}, outcomeHit
+	return Hit{Response: best.resp, Similarity: float64(best.sim), Question: best.question, StoredAt: best.stored, Expires: best.expires}, outcomeHit
 }
 
 // candidate is a live entry near the query, copied out of the lock.
@@ -310,6 +315,8 @@ type candidate struct {
 	sim      float32
 	question string
 	resp     StoredResponse
+	stored   time.Time
+	expires  time.Time
 }
 
 func (c *Cache) candidates(scopeKey string, vec []float32) []candidate {
@@ -329,7 +336,7 @@ func (c *Cache) candidates(scopeKey string, vec []float32) []candidate {
 		if e == nil || !now.Before(e.expires) {
 			continue
 		}
-		out = append(out, candidate{id: e.id, sim: n.sim, question: e.question, resp: e.resp})
+		out = append(out, candidate{id: e.id, sim: n.sim, question: e.question, resp: e.resp, stored: e.stored, expires: e.expires})
 		if len(out) == c.cfg.Candidates {
 			break
 		}
@@ -454,7 +461,8 @@ const (
 )
 
 func (c *Cache) storeVector(ctx context.Context, p prepared, req Request, resp StoredResponse, vec []float32, ttl time.Duration) string {
-	e := &entry{key: p.key, scope: p.scope, labels: p.labels, question: p.question, vec: vec, resp: resp, expires: c.now().Add(ttl)}
+	now := c.now()
+	e := &entry{key: p.key, scope: p.scope, labels: p.labels, question: p.question, vec: vec, resp: resp, stored: now, expires: now.Add(ttl)}
 	if !c.insert(e) {
 		return storeTooLarge
 	}

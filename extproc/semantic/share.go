@@ -77,7 +77,7 @@ func (s *sharer) publish(ctx context.Context, e *entry) {
 	}
 	k := s.entryKey(e.key)
 	_, err := s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, k, "scope", e.scope, "route", e.labels.Route, "tenant", e.labels.Scope, "model", e.labels.Model, "xkey", e.labels.Key, "q", e.question, "vec", vec, "body", e.resp.Body, "hdr", hdr, "status", e.resp.Status, "exp", e.expires.UnixMilli())
+		p.HSet(ctx, k, "scope", e.scope, "route", e.labels.Route, "tenant", e.labels.Scope, "model", e.labels.Model, "xkey", e.labels.Key, "q", e.question, "vec", vec, "body", e.resp.Body, "hdr", hdr, "status", e.resp.Status, "exp", e.expires.UnixMilli(), "at", e.stored.UnixMilli())
 		p.PExpireAt(ctx, k, e.expires)
 		p.XAdd(ctx, &redis.XAddArgs{Stream: s.logKey(), MaxLen: logMaxLen, Approx: true, Values: []any{"key", e.key, "origin", s.origin}})
 		return nil
@@ -222,10 +222,15 @@ func decodeEntry(key string, f map[string]string) (*entry, error) {
 		}
 	}
 	status, _ := strconv.Atoi(f["status"])
+	var stored time.Time
+	if at, err := strconv.ParseInt(f["at"], 10, 64); err == nil {
+		stored = time.UnixMilli(at)
+	}
 	return &entry{
 		key: key, scope: f["scope"], question: f["q"], vec: vec,
 		labels:  purgeLabels{Route: f["route"], Scope: f["tenant"], Model: f["model"], Key: f["xkey"]},
 		resp:    StoredResponse{Status: status, Headers: hdr, Body: []byte(f["body"])},
+		stored:  stored,
 		expires: time.UnixMilli(exp),
 	}, nil
 }
