@@ -267,7 +267,10 @@ func (b *Batcher) RetryAfter() time.Duration {
 	}
 	batches := (items + b.cfg.MaxBatchSize - 1) / b.cfg.MaxBatchSize
 	d := time.Duration(batches) * b.computeEWMA / time.Duration(b.cfg.Workers)
-	return max(time.Second, d.Round(time.Second))
+	// Whole seconds, rounded up: a client told to come back early is
+	// refused again.
+	secs := (d + time.Second - 1) / time.Second
+	return max(time.Second, secs*time.Second)
 }
 
 // Depth is the number of queued requests.
