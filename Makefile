@@ -44,7 +44,7 @@ run: deps build
 # else the xDS-driven stand-in), the ext_proc end-to-end suite, and the
 # long quality and load tests that make test leaves out.
 e2e: deps
-	INFERGATE_LONG=1 $(GO) test -race -count=1 -timeout 30m -run 'TestEndToEnd|E2E|Sweep' ./cmd/infergate/ ./extproc/... ./envoy/xdsproxy/
+	INFERGATE_LONG=1 $(GO) test -race -count=1 -timeout 30m -run 'TestEndToEnd|E2E|TestGuard' ./cmd/infergate/ ./extproc/... ./envoy/xdsproxy/
 
 # Engine throughput and p99, dynamic batching vs unbatched vs the in-process
 # ceiling, on this machine (see BENCHMARKS.md).
