@@ -2,12 +2,12 @@ package harness
 
 import (
 	"fmt"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"io"
 	"net/http"
 	"strconv"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 )
 
@@ -25,36 +25,45 @@ func (f *filter) bufferedBody(d *direction, in *message, hdrs *headerMap, out em
 		return f.overLimit(d)
 	}
 	readTrailers()
-	sent, err := f.send(d, bodyRequest(d, body, *trailers == nil))
+	body, mutated, err := f.exchangeBody(d, body, *trailers == nil, hdrs)
 	if err != nil {
 		return err
 	}
-	if sent {
-		resp, err := f.await(d, kindBody)
-		if err != nil {
-			return err
-		}
-		if resp != nil {
-			cr := bodyCommon(d, resp)
-			if err := f.applyHeaderMutation(cr.GetHeaderMutation(), hdrs, false); err != nil {
-				return err
+	if mutated {
+		if cl, ok := hdrs.get("content-length"); ok {
+			if n, err := strconv.Atoi(cl); err == nil && n != len(body) {
+				return f.mutationFailed(&mutationError{fmt.Sprintf(
+					"mismatch between content-length %d and the length %d of the mutated body", n, len(body))})
 			}
-			if bm := cr.GetBodyMutation(); bm != nil {
-				body = mutateBody(bm, body)
-				if cl, ok := hdrs.get("content-length"); ok {
-					if n, err := strconv.Atoi(cl); err == nil && n != len(body) {
-						return f.mutationFailed(&mutationError{fmt.Sprintf(
-							"mismatch between content-length %d and the length %d of the mutated body", n, len(body))})
-					}
-				}
-			}
-			f.routeCache(d, cr)
 		}
 	}
 	if err := out.headers(hdrs); err != nil {
 		return err
 	}
 	return out.data(body)
+}
+
+// exchangeBody sends body as one message and applies the answer. The
+// headers wait for it (BUFFERED and BUFFERED_PARTIAL), so its header
+// mutation still applies to them; mutated reports a body mutation.
+func (f *filter) exchangeBody(d *direction, body []byte, eos bool, hdrs *headerMap) (_ []byte, mutated bool, _ error) {
+	sent, err := f.send(d, bodyRequest(d, body, eos))
+	if err != nil || !sent {
+		return body, false, err
+	}
+	resp, err := f.await(d, kindBody)
+	if err != nil || resp == nil {
+		return body, false, err
+	}
+	cr := bodyCommon(d, resp)
+	if err := f.applyHeaderMutation(cr.GetHeaderMutation(), hdrs, false); err != nil {
+		return body, false, err
+	}
+	if bm := cr.GetBodyMutation(); bm != nil {
+		body, mutated = mutateBody(bm, body), true
+	}
+	f.routeCache(d, cr)
+	return body, mutated, nil
 }
 
 // partialBody is BUFFERED_PARTIAL mode: what arrived up to the buffer limit
@@ -71,27 +80,9 @@ func (f *filter) partialBody(d *direction, in *message, hdrs *headerMap, out emi
 	} else {
 		readTrailers()
 	}
-	sent, err := f.send(d, bodyRequest(d, part, !over && *trailers == nil))
+	part, _, err = f.exchangeBody(d, part, !over && *trailers == nil, hdrs)
 	if err != nil {
 		return err
-	}
-	if sent {
-		resp, err := f.await(d, kindBody)
-		if err != nil {
-			return err
-		}
-		if resp != nil {
-			// The headers wait for this answer, so its header mutation
-			// still applies to them.
-			cr := bodyCommon(d, resp)
-			if err := f.applyHeaderMutation(cr.GetHeaderMutation(), hdrs, false); err != nil {
-				return err
-			}
-			if bm := cr.GetBodyMutation(); bm != nil {
-				part = mutateBody(bm, part)
-			}
-			f.routeCache(d, cr)
-		}
 	}
 	if err := out.headers(hdrs); err != nil {
 		return err
