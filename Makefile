@@ -69,5 +69,6 @@ gpu-check: model
 	CGO_ENABLED=1 GOOS=linux GOARCH=amd64 CGO_CFLAGS="-O2 -Wno-deprecated-declarations" \
 	  $(GO) build -ldflags '$(LDFLAGS) -s -w' -o $(BIN) ./cmd/infergate
 	@test -f $(MODEL_DIR)/model.json && test -f $(MODEL_DIR)/vocab.json || { echo "$(MODEL_DIR) incomplete: run make model"; exit 1; }
-	@echo "$(BIN): $$(du -m $(BIN) | cut -f1) MiB, model $$(du -sm $(MODEL_DIR) | cut -f1) MiB"
-	@echo "on the GPU machine (carry bin/infergate models/use-lite): OUT=<dir> bash scripts/gpu/gpu-check.sh"
+	gzip -kf $(BIN)
+	@echo "$(BIN).gz: $$(du -m $(BIN).gz | cut -f1) MiB, model $$(du -sm $(MODEL_DIR) | cut -f1) MiB"
+	@echo "on the GPU machine (carry $(BIN).gz $(MODEL_DIR)): OUT=<dir> bash scripts/gpu/gpu-check.sh"

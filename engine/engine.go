@@ -202,14 +202,18 @@ func (s *Server) loadAll(ctx context.Context) error {
 }
 
 // Warmer is implemented by encoders that can compile the shape buckets of
-// batches up to maxBatch up front (uselite.Encoder).
+// batches of up to maxBatch sequences of up to maxTokens up front, so that
+// no request waits for a compile (seconds per bucket on XLA).
 type Warmer interface {
-	WarmupBatches(ctx context.Context, maxBatch int) error
+	WarmupBatches(ctx context.Context, maxBatch, maxTokens int) error
 }
 
-// USE-Lite compiles its buckets at load; a changed signature must not
-// silently skip that.
-var _ Warmer = (*uselite.Encoder)(nil)
+// Both encoders compile their buckets at load; a changed signature must
+// not silently skip that.
+var (
+	_ Warmer = (*uselite.Encoder)(nil)
+	_ Warmer = (*onnxenc.Encoder)(nil)
+)
 
 func (s *Server) loadModel(ctx context.Context, sv *served) error {
 	m := sv.cfg
@@ -221,7 +225,7 @@ func (s *Server) loadModel(ctx context.Context, sv *served) error {
 	}
 	sv.enc = enc
 	if w, ok := enc.(Warmer); ok {
-		if err := w.WarmupBatches(ctx, m.MaxBatchSize); err != nil {
+		if err := w.WarmupBatches(ctx, m.MaxBatchSize, enc.MaxTokens()); err != nil {
 			return fmt.Errorf("model %s: warm-up: %w", m.Name, err)
 		}
 	}

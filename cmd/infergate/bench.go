@@ -57,6 +57,7 @@ func init() {
 	f.Duration("window", 4*time.Second, "length of one measurement window (alias --duration)")
 	f.Bool("in-process", false, "measure only the runtime in-process (the ceiling mode)")
 	f.String("batch-sizes", "", "ceiling batch sizes (default: min(concurrency × inputs, max_batch_size))")
+	f.Int("tokens", 0, "ceiling only: run sequences of exactly this many tokens (default: one per text, as served)")
 	f.SetNormalizeFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
 		if name == "duration" {
 			name = "window"
@@ -79,6 +80,7 @@ type benchPlan struct {
 	rates       []float64
 	batchSizes  []int
 	inputs      int
+	tokens      int
 	model       config.EngineModel
 	backend     string
 	texts       []string
@@ -96,6 +98,7 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	plan.opts.MaxWindows, _ = f.GetInt("max-windows")
 	plan.opts.Stability, _ = f.GetFloat64("stability")
 	plan.inputs, _ = f.GetInt("inputs")
+	plan.tokens, _ = f.GetInt("tokens")
 	if plan.inputs < 1 {
 		return errors.New("bench: --inputs must be at least 1")
 	}
@@ -119,6 +122,11 @@ func runBench(cmd *cobra.Command, _ []string) error {
 			break
 		}
 	}
+	url, _ := f.GetString("url")
+	if !found && url != "" && name != "" {
+		// A running engine is asked by name; this config need not list it.
+		plan.model, found = config.EngineModel{Name: name}, true
+	}
 	if !found {
 		return fmt.Errorf("bench: no model %q in engine.models", name)
 	}
@@ -139,7 +147,7 @@ func runBench(cmd *cobra.Command, _ []string) error {
 		if err := json.Unmarshal(data, &results); err != nil {
 			return fmt.Errorf("bench: %s: %w", from, err)
 		}
-	} else if url, _ := f.GetString("url"); url != "" {
+	} else if url != "" {
 		results, err = plan.sweep(ctx, out, "engine", strings.TrimSuffix(url, "/"))
 	} else {
 		modes, _ := f.GetString("modes")
@@ -308,10 +316,9 @@ func (p *benchPlan) ceiling(ctx context.Context, log io.Writer) ([]loadgen.Resul
 		return nil, err
 	}
 	defer enc.Close()
-	if w, ok := enc.(engine.Warmer); ok {
-		if err := w.WarmupBatches(ctx, p.model.MaxBatchSize); err != nil {
-			return nil, err
-		}
+	seqs, err := loadgen.Sequences(enc, p.texts, p.tokens)
+	if err != nil {
+		return nil, err
 	}
 	sizes := slices.Clone(p.batchSizes)
 	if len(sizes) == 0 {
@@ -320,9 +327,20 @@ func (p *benchPlan) ceiling(ctx context.Context, log io.Writer) ([]loadgen.Resul
 		}
 	}
 	slices.Sort(sizes)
+	// Compile only the shapes these batches use, not every bucket the
+	// engine would: on XLA each compile takes seconds.
+	if w, ok := enc.(engine.Warmer); ok {
+		longest := 0
+		for _, s := range seqs {
+			longest = max(longest, len(s))
+		}
+		if err := w.WarmupBatches(ctx, sizes[len(sizes)-1], longest); err != nil {
+			return nil, err
+		}
+	}
 	var results []loadgen.Result
 	for _, b := range slices.Compact(sizes) {
-		r, err := loadgen.Ceiling(ctx, p.opts, enc, p.texts, b, p.model.Workers)
+		r, err := loadgen.Ceiling(ctx, p.opts, enc, seqs, b, p.model.Workers)
 		if err != nil {
 			return nil, err
 		}

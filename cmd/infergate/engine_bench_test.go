@@ -68,6 +68,13 @@ func TestBenchAgainstURLAndFrom(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A running engine is asked for its model by name, listed here or not.
+	other := infergate("bench", "--url", srv.URL, "--model", "bert-onnx", "--concurrency", "1", "--warmup", "20ms",
+		"--duration", "50ms", "--max-windows", "3")
+	if stdout, err := other.Output(); err != nil || !strings.Contains(string(stdout), "c=1") {
+		t.Fatalf("bench --url --model bert-onnx: %v\n%s", err, stdout)
+	}
+
 	bad := infergate("bench", "--concurrency", "1,x")
 	var stderr bytes.Buffer
 	bad.Stderr = &stderr

@@ -24,7 +24,7 @@ var selftestCmd = &cobra.Command{
 	Long: `selftest loads the USE-Lite model on the engine's configured backend
 (engine.backend: simplego, or xla on a GPU), embeds the sentences of the
 golden file in one batch, and compares every component with the vectors
-TensorFlow.js produced. Exit status 0 only when all match within 1e-5.`,
+TensorFlow.js produced. Exit status 0 only when all match within --tolerance\n(1e-5, fp32 rounding).`,
 	Args: cobra.NoArgs,
 	RunE: func(cmd *cobra.Command, _ []string) error {
 		cfg, err := loadConfig(cmd)
@@ -35,6 +35,10 @@ TensorFlow.js produced. Exit status 0 only when all match within 1e-5.`,
 		name, _ := cmd.Flags().GetString("model")
 		goldenPath, _ := cmd.Flags().GetString("golden")
 		jsonPath, _ := cmd.Flags().GetString("json")
+		tolerance, _ := cmd.Flags().GetFloat64("tolerance")
+		if !(tolerance > 0) {
+			return fmt.Errorf("selftest: --tolerance %v must be positive", tolerance)
+		}
 
 		dir := ""
 		for _, m := range cfg.Engine.Models {
@@ -85,8 +89,8 @@ TensorFlow.js produced. Exit status 0 only when all match within 1e-5.`,
 			"devices":      tel.Devices(),
 			"cases":        len(cases),
 			"max_abs_diff": maxDiff,
-			"tolerance":    goldenTolerance,
-			"ok":           maxDiff <= goldenTolerance,
+			"tolerance":    tolerance,
+			"ok":           maxDiff <= tolerance,
 			"compile_s":    firstRun.Seconds(),
 		}
 		out, _ := json.MarshalIndent(result, "", "  ")
@@ -96,8 +100,8 @@ TensorFlow.js produced. Exit status 0 only when all match within 1e-5.`,
 				return err
 			}
 		}
-		if maxDiff > goldenTolerance {
-			return fmt.Errorf("selftest: max |diff| %.3g exceeds %.0e on backend %s", maxDiff, goldenTolerance, cfg.Engine.Backend)
+		if maxDiff > tolerance {
+			return fmt.Errorf("selftest: max |diff| %.3g exceeds %.0e on backend %s", maxDiff, tolerance, cfg.Engine.Backend)
 		}
 		return nil
 	},
@@ -126,5 +130,6 @@ func init() {
 	selftestCmd.Flags().String("model", "use-lite", "name of the use-lite model in engine.models")
 	selftestCmd.Flags().String("golden", "engine/model/uselite/testdata/golden.json", "golden vectors made by TF.js")
 	selftestCmd.Flags().String("json", "", "also write the result as JSON to this file")
+	selftestCmd.Flags().Float64("tolerance", goldenTolerance, "largest |difference| per component that passes")
 	rootCmd.AddCommand(selftestCmd)
 }

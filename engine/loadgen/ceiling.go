@@ -9,21 +9,42 @@ import (
 	"github.com/infergate/infergate/engine/model"
 )
 
-// Ceiling measures the runtime alone: workers goroutines calling
-// enc.Embed back to back with batches of batchSize of the texts,
-// tokenized up front, with no HTTP, JSON or queueing. It is the best
-// throughput the engine could reach at that batch size.
-func Ceiling(ctx context.Context, o Options, enc model.Encoder, texts []string, batchSize, workers int) (Result, error) {
-	if batchSize < 1 || workers < 1 || len(texts) == 0 {
-		return Result{}, fmt.Errorf("loadgen: ceiling needs texts, batch size and workers ≥ 1")
+// Sequences tokenizes texts for Ceiling. With tokens > 0 every sequence
+// is exactly that long, cut from the texts' token stream laid end to end,
+// so that the runtime sees one fixed shape (for comparing with a runtime
+// measured at a fixed sequence length); with 0 each text is one sequence.
+func Sequences(enc model.Encoder, texts []string, tokens int) ([][]int32, error) {
+	if tokens > enc.MaxTokens() {
+		return nil, fmt.Errorf("loadgen: %d tokens per sequence: the model takes at most %d", tokens, enc.MaxTokens())
 	}
-	seqs := make([][]int32, len(texts))
-	for i, t := range texts {
+	var seqs [][]int32
+	var stream []int32
+	for _, t := range texts {
 		ids, err := enc.Tokenize(t)
 		if err != nil {
-			return Result{}, fmt.Errorf("loadgen: tokenizing %q: %w", t, err)
+			return nil, fmt.Errorf("loadgen: tokenizing %q: %w", t, err)
 		}
-		seqs[i] = ids[:min(len(ids), enc.MaxTokens())]
+		if tokens <= 0 {
+			seqs = append(seqs, ids[:min(len(ids), enc.MaxTokens())])
+			continue
+		}
+		for stream = append(stream, ids...); len(stream) >= tokens; stream = stream[tokens:] {
+			seqs = append(seqs, stream[:tokens:tokens])
+		}
+	}
+	if len(seqs) == 0 {
+		return nil, fmt.Errorf("loadgen: the texts hold fewer than %d tokens", tokens)
+	}
+	return seqs, nil
+}
+
+// Ceiling measures the runtime alone: workers goroutines calling
+// enc.Embed back to back with batches of batchSize of seqs, with no HTTP,
+// JSON, tokenizing or queueing. It is the best throughput the engine could
+// reach at that batch size.
+func Ceiling(ctx context.Context, o Options, enc model.Encoder, seqs [][]int32, batchSize, workers int) (Result, error) {
+	if batchSize < 1 || workers < 1 || len(seqs) == 0 {
+		return Result{}, fmt.Errorf("loadgen: ceiling needs sequences, batch size and workers ≥ 1")
 	}
 	var (
 		errMu  sync.Mutex

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -135,7 +136,11 @@ func (e *countingEncoder) Close() error   { return nil }
 
 func TestCeilingRunsTheEncoderAtTheBatchSize(t *testing.T) {
 	enc := &countingEncoder{}
-	r, err := Ceiling(context.Background(), quick, enc, Corpus(5), 8, 2)
+	seqs, err := Sequences(enc, Corpus(5), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Ceiling(context.Background(), quick, enc, seqs, 8, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,6 +150,45 @@ func TestCeilingRunsTheEncoderAtTheBatchSize(t *testing.T) {
 	// Every sample is one batch of 8 items.
 	if perItem := 8 * float64(r.Requests) / (3 * quick.Window.Seconds()); r.Throughput < 0.8*perItem || r.Throughput > 1.01*perItem {
 		t.Fatalf("throughput %v counts batches, not items (%d batches)", r.Throughput, r.Requests)
+	}
+}
+
+// wordEncoder's tokens are the words' lengths, one per word.
+type wordEncoder struct{}
+
+func (wordEncoder) Tokenize(text string) ([]int32, error) {
+	var ids []int32
+	for _, w := range strings.Fields(text) {
+		ids = append(ids, int32(len(w)))
+	}
+	return ids, nil
+}
+func (wordEncoder) Embed(_ context.Context, b [][]int32) ([][]float32, error) {
+	return make([][]float32, len(b)), nil
+}
+func (wordEncoder) Dim() int       { return 1 }
+func (wordEncoder) MaxTokens() int { return 16 }
+func (wordEncoder) Close() error   { return nil }
+
+func TestSequences(t *testing.T) {
+	enc := wordEncoder{}
+	texts := []string{"a bb ccc", "dddd", "e ff ggg hhhh iiiii"}
+	// Each text its own sequence, cut to the model's limit.
+	got, err := Sequences(&countingEncoder{}, texts, 0)
+	if err != nil || len(got) != 3 || len(got[0]) != 2 {
+		t.Fatalf("per-text sequences %v, %v: want 3 cut to 2 tokens", got, err)
+	}
+	// Fixed length: the token stream laid end to end, cut every 3.
+	got, err = Sequences(enc, texts, 3)
+	want := [][]int32{{1, 2, 3}, {4, 1, 2}, {3, 4, 5}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("3-token sequences %v, %v; want %v", got, err, want)
+	}
+	if _, err := Sequences(enc, texts, 17); err == nil || !strings.Contains(err.Error(), "at most 16") {
+		t.Errorf("longer than the model: error %v", err)
+	}
+	if _, err := Sequences(enc, texts[:1], 4); err == nil {
+		t.Error("too few tokens for one sequence: no error")
 	}
 }
 

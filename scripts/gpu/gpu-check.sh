@@ -4,20 +4,23 @@
 # It takes the prebuilt bin/infergate (cgo, x86-64) and models/use-lite from
 # the working tree, finds the jax CUDA 13 PJRT plugin and the CUDA libraries
 # pip installed next to it, and then, each step with its own time limit and
-# log, continuing past failures:
-#   1. PyTorch baseline: a BERT-shaped encoder, measured and exported to ONNX
-#   2. golden-vector self-test of USE-Lite on the XLA backend (the GPU)
-#   3. the engine on the GPU with dynamic batching: bench sweep over
-#      concurrency, NVML gauges scraped from /metrics under load, and the
-#      PyTorch model's ONNX export served through onnx-gomlx
-#   4. the same engine unbatched (max_batch_size 1): bench sweep
-#   5. the in-process ceiling (the runtime alone at the same batch sizes)
+# log, continuing past failures, most important first:
+#   1. golden-vector self-test of USE-Lite on the XLA backend (the GPU)
+#   2. the engine on the GPU with dynamic batching: bench sweep over
+#      concurrency, NVML gauges scraped from /metrics under load
+#   3. the same engine unbatched (max_batch_size 1): bench sweep
+#   4. the in-process ceiling (the runtime alone at the same batch sizes)
+#   5. PyTorch baseline: a BERT-shaped encoder, measured at fixed shapes and
+#      exported to ONNX
+#   6. that ONNX export in our runtime at the same shapes (in-process), then
+#      served by the engine over HTTP
 # Everything lands under $OUT, with summary.md on top.
 #
 # DRY_RUN=1 runs the discovery for real and prints every command instead of
 # running it, so the script can be checked on a machine without a GPU.
-# Knobs (environment): OUT BIN MODEL_DIR PORT CONCURRENCY BATCH_SIZES WINDOW
-# WARMUP CEIL_WINDOW SEQ_LEN WORKERS MAX_BATCH BUDGET_S ENGINE_BACKEND
+# Knobs (environment): OUT BIN MODEL_DIR PORT CONCURRENCY ONNX_CONCURRENCY
+# BATCH_SIZES WINDOW
+# WARMUP MAX_WINDOWS CEIL_WINDOW SEQ_LEN WORKERS MAX_BATCH BUDGET_S ENGINE_BACKEND
 # XLA_EXTRA_FLAGS READY_TIMEOUT PYTHON.
 set -u -o pipefail
 
@@ -35,17 +38,26 @@ BIN=${BIN:-bin/infergate}
 MODEL_DIR=${MODEL_DIR:-models/use-lite}
 PORT=${PORT:-18080}
 CONCURRENCY=${CONCURRENCY:-1,8,32,64,128,256}
+ONNX_CONCURRENCY=${ONNX_CONCURRENCY:-1,32,256}
 BATCH_SIZES=${BATCH_SIZES:-1,8,32,64,128,256}
-WINDOW=${WINDOW:-6s}
-WARMUP=${WARMUP:-2s}
-CEIL_WINDOW=${CEIL_WINDOW:-3s}
+# A bench point is a warm-up plus 3..MAX_WINDOWS windows (it stops once the
+# last three agree), so a 6-point sweep costs 6 x (WARMUP + 3..4 WINDOW).
+WINDOW=${WINDOW:-2s}
+WARMUP=${WARMUP:-1s}
+MAX_WINDOWS=${MAX_WINDOWS:-4}
+CEIL_WINDOW=${CEIL_WINDOW:-1s}
 SEQ_LEN=${SEQ_LEN:-32}
 WORKERS=${WORKERS:-2}
-MAX_BATCH=${MAX_BATCH:-256}
+# The encoders' largest batch bucket; larger batches would run in chunks.
+MAX_BATCH=${MAX_BATCH:-128}
 # Autotuning makes XLA's GPU compiles several times slower and every engine
 # start compiles its shape buckets; off, XLA picks GEMMs by cuBLAS's own
 # heuristics, as PyTorch does. XLA_EXTRA_FLAGS= (empty) turns it back on.
 XLA_EXTRA_FLAGS=${XLA_EXTRA_FLAGS---xla_gpu_autotune_level=0}
+# fp32 (default): the engine runs strict fp32 matrix products, as PyTorch's
+# fp32 rows do (TF32 off in cuBLAS, no Triton GEMMs, which use TF32); tf32:
+# XLA's default, faster on Hopper and about 3e-4 off the golden vectors.
+PRECISION=${PRECISION:-fp32}
 # No step starts once this many seconds have passed; the device allows 8
 # minutes for the whole run, start-up and copies included.
 BUDGET_S=${BUDGET_S:-430}
@@ -221,7 +233,7 @@ YAML
       onnx:
         tokenizer: $ONNX_DIR/tokenizer.json
         pooling: mean
-        max_tokens: 128
+        max_tokens: $SEQ_LEN
 YAML
     fi
   done >>"$file"
@@ -294,10 +306,10 @@ cleanup() { stop_sampler; stop_engine; }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-# bench_sweep NAME MODEL: closed-loop concurrency sweep against the engine.
+# bench_sweep NAME MODEL [CONCURRENCY]: closed-loop sweep against the engine.
 bench_sweep() {
-  step "$1" 150 "$BIN" bench --url "$URL" --model "$2" --concurrency "$CONCURRENCY" \
-    --duration "$WINDOW" --warmup "$WARMUP" --json "$OUT/$1.json" --csv "$OUT/$1.csv"
+  step "$1" 150 "$BIN" bench --url "$URL" --model "$2" --concurrency "${3:-$CONCURRENCY}" \
+    --duration "$WINDOW" --warmup "$WARMUP" --max-windows "$MAX_WINDOWS" --json "$OUT/$1.json" --csv "$OUT/$1.csv"
 }
 
 # -- the run ---------------------------------------------------------------
@@ -328,78 +340,76 @@ fi
 [[ -n $CUDA_DATA_DIR ]] && export XLA_FLAGS="--xla_gpu_cuda_data_dir=$CUDA_DATA_DIR${XLA_FLAGS:+ $XLA_FLAGS}"
 [[ -n $XLA_EXTRA_FLAGS ]] && export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$XLA_EXTRA_FLAGS"
 [[ -n $PTXAS_DIR ]] && export PATH=$PTXAS_DIR:$PATH
-env | grep -E '^(GOMLX_|GOPJRT_|PJRT_|XLA_FLAGS|LD_LIBRARY_PATH|PATH=)' | sort >"$OUT/env.txt"
+if [[ $PRECISION == fp32 ]]; then
+  export NVIDIA_TF32_OVERRIDE=0
+  export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_triton_gemm=false"
+fi
+env | grep -E '^(GOMLX_|GOPJRT_|PJRT_|XLA_FLAGS|NVIDIA_TF32|LD_LIBRARY_PATH|PATH=)' | sort >"$OUT/env.txt"
 
 if ((XLA_OK != 0)) && [[ $DRY_RUN != 1 ]]; then
   log "XLA prerequisites missing: the engine steps will fail; running them anyway for their error logs"
 fi
 
-# 1. PyTorch baseline, first so the engine can serve its ONNX export.
-TORCH_DIR=$OUT/torch
-mkdir -p "$TORCH_DIR"
-LD_LIBRARY_PATH=$TORCH_LD_LIBRARY_PATH step torch-bench 150 "$PY" scripts/gpu/torch_bench.py --out "$TORCH_DIR" --batch-sizes "$BATCH_SIZES" \
-  --seq-len "$SEQ_LEN" --window 3
-ONNX_DIR=""
-if [[ -f $TORCH_DIR/encoder.onnx && -f $TORCH_DIR/tokenizer.json ]] || [[ $DRY_RUN == 1 ]]; then ONNX_DIR=$TORCH_DIR
-else log "note: no ONNX export from PyTorch, the engine serves USE-Lite only"; fi
-
-# 2. Golden vectors on the GPU.
 if ((INPUTS_OK == 0)) || [[ $DRY_RUN == 1 ]]; then
+  # 1. Golden vectors on the GPU.
   write_config "$OUT/engine-use-lite.yaml" "$MAX_BATCH" use-lite
-  if ! step selftest 120 "$BIN" selftest -c "$OUT/engine-use-lite.yaml" --model use-lite --json "$OUT/selftest.json"; then
-    # Tells a precision gap (XLA's default fp32 dot may use TF32 on H100)
-    # from a wrong port: rerun with TF32 off in cuBLAS and no Triton GEMMs.
-    NVIDIA_TF32_OVERRIDE=0 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" \
-      step selftest-no-tf32 120 "$BIN" selftest -c "$OUT/engine-use-lite.yaml" --model use-lite \
-      --json "$OUT/selftest-no-tf32.json"
+  step selftest 120 "$BIN" selftest -c "$OUT/engine-use-lite.yaml" --model use-lite --json "$OUT/selftest.json"
+  if [[ $PRECISION == fp32 ]]; then
+    # What XLA's default precision costs in accuracy, for the record.
+    step selftest-tf32 120 env -u NVIDIA_TF32_OVERRIDE XLA_FLAGS="${XLA_FLAGS/--xla_gpu_enable_triton_gemm=false/}" \
+      "$BIN" selftest -c "$OUT/engine-use-lite.yaml" --model use-lite --tolerance 1e-3 --json "$OUT/selftest-tf32.json"
   fi
 
-  # 3. Dynamic batching on the GPU, with NVML read under load. Should the
-  # ONNX model keep the engine from starting, USE-Lite still gets measured.
-  models=(use-lite)
-  [[ -n $ONNX_DIR ]] && models+=(bert-onnx)
-  write_config "$OUT/engine-dynamic.yaml" "$MAX_BATCH" "${models[@]}"
-  started=0
-  if start_engine dynamic "$OUT/engine-dynamic.yaml"; then started=1
-  elif [[ -n $ONNX_DIR ]]; then
-    log "retrying without the ONNX model"
-    ONNX_DIR=""
-    write_config "$OUT/engine-dynamic.yaml" "$MAX_BATCH" use-lite
-    start_engine dynamic-use-lite-only "$OUT/engine-dynamic.yaml" && started=1
-  fi
-  if ((started)); then
+  # 2. Dynamic batching on the GPU, with NVML read under load.
+  if start_engine dynamic "$OUT/engine-use-lite.yaml"; then
     start_sampler "$OUT/gpu-metrics-under-load.txt"
     bench_sweep bench-dynamic use-lite
     stop_sampler
     if [[ $DRY_RUN != 1 ]]; then
       fetch "$URL/metrics" >"$OUT/metrics-after-dynamic.txt" 2>&1
-      fetch "$URL/v2/models/use-lite" >"$OUT/model-metadata.json" 2>&1
       n=$(grep -c '^infergate_gpu_' "$OUT/metrics-after-dynamic.txt")
       if ((n > 0)); then record nvml-gauges ok 0 "$n infergate_gpu_ series on /metrics"
       else record nvml-gauges FAIL 0 "no infergate_gpu_ series on /metrics"; fi
     fi
-    [[ -n $ONNX_DIR ]] && bench_sweep bench-onnx-dynamic bert-onnx
     stop_engine
   fi
 
-  # 4. Unbatched: one item per batch, everything else the same.
+  # 3. Unbatched: one item per batch, everything else the same.
   write_config "$OUT/engine-unbatched.yaml" 1 use-lite
   if start_engine unbatched "$OUT/engine-unbatched.yaml"; then
     bench_sweep bench-unbatched use-lite
     stop_engine
   fi
 
-  # 5. The ceiling: the runtime alone, in-process, at the same batch sizes.
+  # 4. The ceiling: the runtime alone, in-process, at the same batch sizes.
   step ceiling 120 "$BIN" bench --in-process -c "$OUT/engine-use-lite.yaml" --model use-lite \
-    --batch-sizes "$BATCH_SIZES" --duration "$CEIL_WINDOW" --json "$OUT/ceiling.json" --csv "$OUT/ceiling.csv"
-  if [[ -n $ONNX_DIR ]]; then
-    write_config "$OUT/engine-onnx.yaml" "$MAX_BATCH" bert-onnx
-    step ceiling-onnx 120 "$BIN" bench --in-process -c "$OUT/engine-onnx.yaml" --model bert-onnx \
-      --batch-sizes "$BATCH_SIZES" --duration "$CEIL_WINDOW" --json "$OUT/ceiling-onnx.json" --csv "$OUT/ceiling-onnx.csv"
-  fi
+    --batch-sizes "$BATCH_SIZES" --duration "$CEIL_WINDOW" --max-windows "$MAX_WINDOWS" \
+    --json "$OUT/ceiling.json" --csv "$OUT/ceiling.csv"
 else
-  log "skip engine steps: inputs missing (see above)"
+  log "skip USE-Lite steps: inputs missing (see above)"
   record engine skipped 0 "binary or model missing"
+fi
+
+# 5. PyTorch, on the same GPU, with the library path it was installed with.
+TORCH_DIR=$OUT/torch
+mkdir -p "$TORCH_DIR"
+LD_LIBRARY_PATH=$TORCH_LD_LIBRARY_PATH step torch-bench 150 env -u NVIDIA_TF32_OVERRIDE "$PY" scripts/gpu/torch_bench.py --out "$TORCH_DIR" \
+  --batch-sizes "$BATCH_SIZES" --seq-len "$SEQ_LEN" --window 1.5
+ONNX_DIR=""
+if [[ -f $TORCH_DIR/encoder.onnx && -f $TORCH_DIR/tokenizer.json ]] || [[ $DRY_RUN == 1 ]]; then ONNX_DIR=$TORCH_DIR
+else log "skip ONNX steps: no ONNX export from PyTorch"; fi
+
+# 6. The same network in our runtime: in-process at PyTorch's exact shapes,
+# then served over HTTP.
+if [[ -n $ONNX_DIR ]] && [[ -x $BIN || $DRY_RUN == 1 ]]; then
+  write_config "$OUT/engine-onnx.yaml" "$MAX_BATCH" bert-onnx
+  step ceiling-onnx 150 "$BIN" bench --in-process -c "$OUT/engine-onnx.yaml" --model bert-onnx \
+    --batch-sizes "$BATCH_SIZES" --tokens "$SEQ_LEN" --duration "$CEIL_WINDOW" --max-windows "$MAX_WINDOWS" \
+    --json "$OUT/ceiling-onnx.json" --csv "$OUT/ceiling-onnx.csv"
+  if start_engine onnx "$OUT/engine-onnx.yaml"; then
+    bench_sweep bench-onnx-dynamic bert-onnx "$ONNX_CONCURRENCY"
+    stop_engine
+  fi
 fi
 
 # -- summary ---------------------------------------------------------------

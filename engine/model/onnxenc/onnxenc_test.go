@@ -1,6 +1,7 @@
 package onnxenc
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -258,6 +260,37 @@ func TestLargeBatchRunsInChunks(t *testing.T) {
 	for _, i := range []int{0, 6, 127, 128, 129} {
 		if d := maxAbsDiff(got[i], f.reference(t, batch[i], PoolMean, false)); d > tolerance {
 			t.Errorf("sequence %d: off by %g", i, d)
+		}
+	}
+}
+
+func TestWarmupCompilesBuckets(t *testing.T) {
+	f := newFixture(t, tinybert.Config{Seed: 6})
+	enc := f.load(t, nil)
+	// 3 sequences pad to 4 rows and 20 tokens to 32; 64 stays cold.
+	if err := enc.WarmupBatches(context.Background(), 3, 20); err != nil {
+		t.Fatal(err)
+	}
+	var got []bucket
+	enc.mu.Lock()
+	for b := range enc.execs {
+		got = append(got, b)
+	}
+	enc.mu.Unlock()
+	slices.SortFunc(got, func(a, b bucket) int { return cmp.Or(a.batch-b.batch, a.seq-b.seq) })
+	want := []bucket{{1, 16}, {1, 32}, {2, 16}, {2, 32}, {4, 16}, {4, 32}}
+	if !slices.Equal(got, want) {
+		t.Errorf("compiled buckets %v, want %v", got, want)
+	}
+	// Warming up with padding must leave real requests' answers alone.
+	batch := tokenizeAll(t, enc, sentences[:3])
+	vecs, err := enc.Embed(context.Background(), batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range batch {
+		if d := maxAbsDiff(vecs[i], f.reference(t, batch[i], PoolMean, false)); d > tolerance {
+			t.Errorf("sequence %d after warm-up: off by %g", i, d)
 		}
 	}
 }

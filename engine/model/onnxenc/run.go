@@ -32,6 +32,35 @@ func (e *Encoder) run(ctx context.Context, batch [][]int32) ([][]float32, error)
 	return out, nil
 }
 
+// WarmupBatches compiles the buckets of batches of up to maxBatch
+// sequences of up to maxTokens tokens (each bound rounded up to its
+// bucket), by running a batch of padding through each.
+func (e *Encoder) WarmupBatches(ctx context.Context, maxBatch, maxTokens int) error {
+	topBatch := bucketFor(batchBuckets, max(1, maxBatch))
+	topSeq := bucketFor(e.seqBucket, max(1, min(maxTokens, e.opts.MaxTokens)))
+	for _, rows := range batchBuckets {
+		if rows > topBatch {
+			break
+		}
+		for _, seq := range e.seqBucket {
+			if seq > topSeq {
+				break
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			batch := make([][]int32, rows)
+			for i := range batch {
+				batch[i] = make([]int32, seq)
+			}
+			if _, err := e.run(ctx, batch); err != nil {
+				return fmt.Errorf("onnxenc: warm-up: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
 // runChunk pads a chunk to its bucket and runs the bucket's executable.
 func (e *Encoder) runChunk(chunk [][]int32) ([][]float32, error) {
 	longest := 0

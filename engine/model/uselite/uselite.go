@@ -268,23 +268,28 @@ func (e *Encoder) ensureCompiled(rows, length int, args []any) error {
 // compilation: instant on SimpleGo, about 1-3 s per bucket on XLA/CUDA
 // (see WarmupBatches to stop at the engine's largest batch).
 func (e *Encoder) Warmup(ctx context.Context) error {
-	return e.WarmupBatches(ctx, batchBuckets[len(batchBuckets)-1])
+	return e.WarmupBatches(ctx, batchBuckets[len(batchBuckets)-1], e.MaxTokens())
 }
 
-// WarmupBatches compiles the graphs of the batch buckets up to maxBatch
-// (at least the smallest) at every length bucket. It returns ctx's error if
-// ctx is done first.
-func (e *Encoder) WarmupBatches(ctx context.Context, maxBatch int) error {
+// WarmupBatches compiles the graphs of the batch buckets up to maxBatch at
+// the length buckets up to maxTokens (at least the smallest of each, and
+// the bucket that holds the bound). It returns ctx's error if ctx is done
+// first.
+func (e *Encoder) WarmupBatches(ctx context.Context, maxBatch, maxTokens int) error {
 	e.closeMu.RLock()
 	defer e.closeMu.RUnlock()
 	if e.closed {
 		return errors.New("uselite: encoder is closed")
 	}
+	topRows, topLength := e.bucket(max(1, min(maxBatch, batchBuckets[len(batchBuckets)-1])), max(1, maxTokens))
 	for _, rows := range batchBuckets {
-		if rows > maxBatch && rows != batchBuckets[0] {
+		if rows > topRows {
 			break
 		}
 		for _, length := range e.lengths {
+			if length > topLength {
+				break
+			}
 			if err := ctx.Err(); err != nil {
 				return err
 			}

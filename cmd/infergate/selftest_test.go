@@ -1,0 +1,101 @@
+package main
+
+import (
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/infergate/infergate/internal/testmodel"
+)
+
+// useLiteConfig is an engine config serving the real USE-Lite on the CPU.
+func useLiteConfig(t *testing.T) string {
+	t.Helper()
+	return writeConfig(t, fmt.Sprintf("engine:\n  models:\n    - name: use-lite\n      kind: use-lite\n      path: %s\n      max_batch_size: 8\n",
+		testmodel.USELiteDir(t)))
+}
+
+// runExit runs infergate and returns its stdout, its last stderr line and
+// its exit status.
+func runExit(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := infergate(args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	return stdout.String(), lines[len(lines)-1], code
+}
+
+// The golden check passes on the CPU within fp32 rounding, writes its
+// verdict as JSON, and fails with one clear line under a tolerance no
+// float32 run can meet.
+func TestSelftestGoldenVectors(t *testing.T) {
+	cfg := useLiteConfig(t)
+	golden := filepath.Join(testmodel.RepoRoot(t), "engine/model/uselite/testdata/golden.json")
+	report := filepath.Join(t.TempDir(), "selftest.json")
+
+	if _, last, code := runExit(t, "selftest", "-c", cfg, "--golden", golden, "--json", report); code != 0 {
+		t.Fatalf("selftest on the CPU: exit %d: %s", code, last)
+	}
+	var got struct {
+		OK         bool    `json:"ok"`
+		Cases      int     `json:"cases"`
+		MaxAbsDiff float64 `json:"max_abs_diff"`
+	}
+	data, _ := os.ReadFile(report)
+	if err := json.Unmarshal(data, &got); err != nil || !got.OK || got.Cases == 0 || got.MaxAbsDiff > 1e-5 {
+		t.Fatalf("report %s (%v)", data, err)
+	}
+
+	_, last, code := runExit(t, "selftest", "-c", cfg, "--golden", golden, "--tolerance", "1e-12")
+	if code != 1 || !strings.Contains(last, "exceeds 1e-12") {
+		t.Errorf("impossible tolerance: exit %d, last line %q", code, last)
+	}
+	if _, last, code := runExit(t, "selftest", "-c", cfg, "--golden", golden, "--tolerance", "0"); code != 1 || !strings.Contains(last, "must be positive") {
+		t.Errorf("zero tolerance: exit %d, last line %q", code, last)
+	}
+}
+
+// The in-process ceiling at a fixed sequence length measures each batch
+// size asked for, and refuses a length the model cannot take.
+func TestCeilingAtFixedTokens(t *testing.T) {
+	cfg := useLiteConfig(t)
+	out := filepath.Join(t.TempDir(), "ceiling.csv")
+	stdout, last, code := runExit(t, "bench", "--in-process", "-c", cfg, "--batch-sizes", "2,1", "--tokens", "16",
+		"--warmup", "200ms", "--duration", "1s", "--max-windows", "3", "--csv", out)
+	if code != 0 {
+		t.Fatalf("bench --in-process: exit %d: %s\n%s", code, last, stdout)
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil || len(rows) != 3 {
+		t.Fatalf("csv %v (%v): want a header and two rows", rows, err)
+	}
+	for i, want := range []string{"1", "2"} {
+		if r := rows[i+1]; r[0] != "ceiling" || r[4] != want || r[7] == "0.000" {
+			t.Errorf("row %d = %v: want ceiling at batch %s with a throughput", i+1, r, want)
+		}
+	}
+
+	if _, last, code := runExit(t, "bench", "--in-process", "-c", cfg, "--batch-sizes", "1", "--tokens", "999"); code != 1 ||
+		!strings.Contains(last, "at most 128") {
+		t.Errorf("--tokens 999: exit %d, last line %q", code, last)
+	}
+}
