@@ -76,8 +76,10 @@ type EngineModel struct {
 	// it off.
 	PreferredBatchSizes []int `yaml:"preferred_batch_sizes"`
 	// MaxQueueDelay is the longest the oldest queued request waits for
-	// others to join its batch. Triton: max_queue_delay_microseconds.
-	// 0 batches only what is already queued. Default 2ms.
+	// others to join its batch while another batch is running; with the
+	// model idle a batch starts at once. Triton:
+	// max_queue_delay_microseconds (which waits even when idle). 0 batches
+	// only what is already queued. Default 2ms.
 	MaxQueueDelay *time.Duration `yaml:"max_queue_delay"`
 	// QueueSize caps queued requests; beyond it requests get 429.
 	// Triton: max_queue_size; TEI: max_concurrent_requests. Default 512.

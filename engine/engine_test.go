@@ -70,7 +70,7 @@ func (e *wordEncoder) Dim() int       { return 4 }
 func (e *wordEncoder) MaxTokens() int { return 8 }
 func (e *wordEncoder) Close() error   { return nil }
 
-func engineConfig(t *testing.T, modelYAML string) config.Engine {
+func engineConfig(t testing.TB, modelYAML string) config.Engine {
 	t.Helper()
 	y := "engine:\n  listen: 127.0.0.1:0\n  max_body_bytes: 4096\n  models:\n  - name: words\n    path: unused\n"
 	for _, line := range strings.Split(strings.TrimSpace(modelYAML), "\n") {
@@ -93,7 +93,7 @@ type testEngine struct {
 }
 
 // start serves cfg with load and returns once the listener is bound.
-func start(t *testing.T, cfg config.Engine, load loadFunc) *testEngine {
+func start(t testing.TB, cfg config.Engine, load loadFunc) *testEngine {
 	t.Helper()
 	s, err := newServer(cfg, slog.New(slog.DiscardHandler), load)
 	if err != nil {
@@ -116,14 +116,14 @@ func start(t *testing.T, cfg config.Engine, load loadFunc) *testEngine {
 	return te
 }
 
-func startReady(t *testing.T, cfg config.Engine, enc model.Encoder) *testEngine {
+func startReady(t testing.TB, cfg config.Engine, enc model.Encoder) *testEngine {
 	t.Helper()
 	te := start(t, cfg, func(config.EngineModel) (model.Encoder, error) { return enc, nil })
 	te.waitReady(t)
 	return te
 }
 
-func (te *testEngine) waitReady(t *testing.T) {
+func (te *testEngine) waitReady(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -138,7 +138,7 @@ func (te *testEngine) waitReady(t *testing.T) {
 	}
 }
 
-func (te *testEngine) get(t *testing.T, path string) (int, http.Header, []byte) {
+func (te *testEngine) get(t testing.TB, path string) (int, http.Header, []byte) {
 	t.Helper()
 	resp, err := http.Get(te.url + path)
 	if err != nil {
@@ -149,7 +149,7 @@ func (te *testEngine) get(t *testing.T, path string) (int, http.Header, []byte) 
 	return resp.StatusCode, resp.Header, body
 }
 
-func (te *testEngine) post(t *testing.T, path, body string, header ...string) (int, http.Header, []byte) {
+func (te *testEngine) post(t testing.TB, path, body string, header ...string) (int, http.Header, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, te.url+path, strings.NewReader(body))
 	if err != nil {

@@ -5,10 +5,14 @@
 // Batches are formed when a worker frees up, never on a poll timer: the
 // free worker takes the oldest request of the highest priority, then keeps
 // adding items until MaxBatchSize items or MaxBatchTokens padded tokens
-// (items × longest item) are reached, waiting for more to arrive at most
-// until the oldest request in the batch has been queued MaxQueueDelay. Only
-// one worker gathers at a time, so arrivals join the forming batch instead
-// of starting a second small one. With PreferredBatchSizes the batch is
+// (items × longest item) are reached. While another batch is running it
+// waits for more to arrive, at most until the oldest request in the batch
+// has been queued MaxQueueDelay or that batch ends; when no batch is
+// running it starts at once, since waiting would only leave the runtime
+// idle. So batches grow with load by themselves: a lone request pays no
+// delay, and under load each batch gathers what arrived while the previous
+// one ran. Only one worker gathers at a time, so arrivals join the forming
+// batch instead of starting a second small one. With PreferredBatchSizes the batch is
 // then cut to the largest preferred size, so that it fills the runtime's
 // padded shape bucket.
 //
@@ -93,6 +97,8 @@ type Batcher struct {
 	depth  int
 	// accepted counts every request ever queued.
 	accepted int
+	// running counts batches handed to workers and not yet finished.
+	running int
 	closed   bool
 	closing  chan struct{} // closed by Close: stop waiting for stragglers
 
@@ -326,6 +332,10 @@ func (b *Batcher) work() {
 			return
 		}
 		b.execute(batch)
+		b.mu.Lock()
+		b.running--
+		b.mu.Unlock()
+		b.wake() // a gathering worker may stop waiting now
 	}
 }
 
@@ -361,13 +371,14 @@ func (b *Batcher) formBatch() (batch []slice, ok bool) {
 			batch = appendSlice(batch, r, n)
 		}
 		full := items >= b.cfg.MaxBatchSize || (items > 0 && b.tokenCapReachedLocked(items, longest))
-		closed, empty := b.closed, b.depth == 0
+		closed, empty, idle := b.closed, b.depth == 0, b.running == 0
 		b.mu.Unlock()
 
 		switch {
-		case full, items > 0 && (closed || !time.Now().Before(deadline)):
+		case full, items > 0 && (closed || idle || !time.Now().Before(deadline)):
 			b.mu.Lock()
 			batch = b.trimLocked(batch, items)
+			b.running++
 			b.mu.Unlock()
 			return batch, true
 		case items == 0 && closed && empty:

@@ -278,54 +278,90 @@ func TestPreferredBatchSizes(t *testing.T) {
 	}
 }
 
-// A full batch goes at once, without waiting out max_queue_delay.
+// busyBatcher has two workers, the first of them held inside a batch of
+// the request {0}, so the second gathers while the runtime is busy.
+func busyBatcher(t *testing.T, cfg Config) (*Batcher, *gatedRunner, chan result) {
+	t.Helper()
+	g := newGatedRunner(true)
+	cfg.Workers = 2
+	b := newBatcher(t, cfg, g)
+	held := doAsync(t, context.Background(), b, 1, seq(0, 1))
+	g.waitStarted(t)
+	return b, g, held
+}
+
+// A batch that fills up starts at once, even while another runs and the
+// queue delay is long.
 func TestFullBatchDoesNotWaitForQueueDelay(t *testing.T) {
-	g := newGatedRunner(false)
 	cfg := testConfig()
 	cfg.MaxBatchSize = 2
 	cfg.MaxQueueDelay = time.Hour
-	b := newBatcher(t, cfg, g)
+	b, g, held := busyBatcher(t, cfg)
 	ctx := context.Background()
 	a := doAsync(t, ctx, b, 1, seq(1, 1))
 	c := doAsync(t, ctx, b, 1, seq(2, 1))
+	g.waitStarted(t) // with the first batch still held
+	g.release()
+	g.release()
 	get(t, a)
 	get(t, c)
-	if got := g.firstTokens(); len(got) != 1 || len(got[0]) != 2 {
-		t.Fatalf("batches %v, want one of two", got)
+	get(t, held)
+	if got, want := g.firstTokens(), [][]int32{{0}, {1, 2}}; !slices.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("batches %v, want %v", got, want)
 	}
 }
 
-// With a free worker and a queue delay, a lone request waits for a
-// second one to join it; without the delay it would have run alone.
-func TestQueueDelayGathersLaterArrivals(t *testing.T) {
+// With the runtime idle a lone request starts at once, whatever the queue
+// delay: waiting would leave the runtime idle for nothing.
+func TestIdleRuntimeDoesNotWaitForQueueDelay(t *testing.T) {
 	g := newGatedRunner(false)
 	cfg := testConfig()
-	cfg.MaxQueueDelay = 5 * time.Second
-	cfg.MaxBatchSize = 3
+	cfg.MaxQueueDelay = time.Hour
 	b := newBatcher(t, cfg, g)
+	if r := get(t, doAsync(t, context.Background(), b, 1, seq(7, 1))); r.err != nil || r.out[0][0] != 7 {
+		t.Fatalf("%+v", r)
+	}
+}
+
+// While a batch runs, the next one gathers later arrivals and starts when
+// the running batch ends, before its queue delay is up.
+func TestQueueDelayGathersWhileBusy(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxQueueDelay = time.Hour
+	cfg.MaxBatchSize = 4
+	b, g, held := busyBatcher(t, cfg)
 	ctx := context.Background()
 	a := doAsync(t, ctx, b, 1, seq(1, 1))
 	time.Sleep(20 * time.Millisecond)
 	c := doAsync(t, ctx, b, 1, seq(2, 1))
 	d := doAsync(t, ctx, b, 1, seq(3, 1))
-	get(t, a)
-	get(t, c)
-	get(t, d)
-	if got, want := g.firstTokens(), [][]int32{{1, 2, 3}}; !slices.EqualFunc(got, want, slices.Equal) {
+	g.release() // the held batch ends: the gathered one starts
+	g.waitStarted(t)
+	g.release()
+	for _, ch := range []chan result{held, a, c, d} {
+		if r := get(t, ch); r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	if got, want := g.firstTokens(), [][]int32{{0}, {1, 2, 3}}; !slices.EqualFunc(got, want, slices.Equal) {
 		t.Fatalf("batches %v, want %v", got, want)
 	}
 }
 
-// When nothing else arrives, the request runs alone once the delay ends.
+// While a batch runs for long, the next still starts once its oldest
+// request has waited the queue delay.
 func TestQueueDelayIsBounded(t *testing.T) {
-	g := newGatedRunner(false)
 	cfg := testConfig()
 	cfg.MaxQueueDelay = 50 * time.Millisecond
-	b := newBatcher(t, cfg, g)
-	r := get(t, doAsync(t, context.Background(), b, 1, seq(7, 1)))
-	if r.err != nil || r.out[0][0] != 7 {
+	b, g, held := busyBatcher(t, cfg)
+	a := doAsync(t, context.Background(), b, 1, seq(7, 1))
+	g.waitStarted(t) // with the first batch still held
+	g.release()
+	g.release()
+	if r := get(t, a); r.err != nil || r.out[0][0] != 7 {
 		t.Fatalf("%+v", r)
 	}
+	get(t, held)
 }
 
 func TestHigherPriorityFirstFIFOWithinLevel(t *testing.T) {

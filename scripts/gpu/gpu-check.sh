@@ -20,7 +20,7 @@
 # running it, so the script can be checked on a machine without a GPU.
 # Knobs (environment): OUT BIN MODEL_DIR PORT CONCURRENCY ONNX_CONCURRENCY
 # BATCH_SIZES WINDOW
-# WARMUP MAX_WINDOWS CEIL_WINDOW SEQ_LEN WORKERS MAX_BATCH BUDGET_S ENGINE_BACKEND
+# WARMUP MAX_WINDOWS CEIL_WINDOW SEQ_LEN SKIP_STEPS (e.g. selftest-tf32,ceiling-onnx) WORKERS MAX_BATCH BUDGET_S ENGINE_BACKEND
 # XLA_EXTRA_FLAGS READY_TIMEOUT PYTHON.
 set -u -o pipefail
 
@@ -175,11 +175,18 @@ record_machine() {
 
 # -- running steps ---------------------------------------------------------
 
+# unwanted NAME: true (and recorded) when SKIP_STEPS names the step.
+unwanted() {
+  [[ ,${SKIP_STEPS:-}, == *,"$1",* ]] || return 1
+  log "skip $1: in SKIP_STEPS"; record "$1" skipped 0 "SKIP_STEPS"
+}
+
 # step NAME LIMIT_S CMD...: runs CMD with its own log and time limit, never
 # past the budget; records the outcome and returns CMD's status.
 step() {
   local name=$1 limit=$2 rc t0 left
   shift 2
+  unwanted "$name" && return 1
   left=$((BUDGET_S - $(elapsed)))
   if ((left < 10)); then log "skip $name: out of time"; record "$name" skipped 0 "out of time"; return 1; fi
   ((limit > left + 30)) && limit=$((left + 30))
@@ -243,6 +250,7 @@ YAML
 # until it says it is ready (models loaded, shape buckets compiled).
 start_engine() {
   local tag=$1 cfg=$2 limit=${READY_TIMEOUT:-240} t0
+  unwanted "engine-$tag" && return 1
   if [[ $DRY_RUN == 1 ]]; then
     log "DRY  engine-$tag: $BIN engine -c $cfg, then wait for $URL/v2/health/ready"
     record "engine-$tag" dry-run 0 "$BIN engine -c $cfg"

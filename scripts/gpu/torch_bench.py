@@ -211,8 +211,21 @@ def export(args, model, tokenizer_cls, report):
         except Exception:
             report["errors"].append("tokenizer fallback: " + traceback.format_exc(limit=3))
 
+    class ByName(torch.nn.Module):
+        """Passes the inputs by name: with them positional, the TorchScript
+        export of transformers 5.17's BertModel failed with "got multiple
+        values for argument 'use_cache'"."""
+
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
+
     path = os.path.join(args.out, "encoder.onnx")
-    cpu_model = model.to("cpu")
+    cpu_model = ByName(model.to("cpu")).eval()
     ids = torch.randint(1000, args.vocab, (2, args.seq_len))
     inputs = (ids, torch.ones_like(ids), torch.zeros_like(ids))
     kwargs = dict(input_names=["input_ids", "attention_mask", "token_type_ids"],
