@@ -99,8 +99,8 @@ type Batcher struct {
 	accepted int
 	// running counts batches handed to workers and not yet finished.
 	running int
-	closed   bool
-	closing  chan struct{} // closed by Close: stop waiting for stragglers
+	closed  bool
+	closing chan struct{} // closed by Close: stop waiting for stragglers
 
 	// runCtx is handed to RunFunc; it is canceled only when a drain
 	// exceeds its deadline.
