@@ -232,10 +232,11 @@ def export(args, model, tokenizer_cls, report):
                   output_names=["last_hidden_state"], opset_version=17,
                   dynamic_axes={n: {0: "batch", 1: "seq"} for n in
                                 ["input_ids", "attention_mask", "token_type_ids", "last_hidden_state"]})
-    # The TorchScript exporter needs no onnxscript; newer torch defaults to
-    # the dynamo exporter, so ask for the old one first and fall back. One
-    # file, weights inside: the engine takes a single .onnx path.
-    attempts = [dict(dynamo=False), dict(dynamo=True, external_data=False), dict()]
+    # The dynamo exporter (torch 2.11, onnxscript installed) gave a graph
+    # the engine served on an H200; the TorchScript one is the fallback for
+    # a torch without it. One file, weights inside: the engine takes a
+    # single .onnx path.
+    attempts = [dict(dynamo=True, external_data=False), dict(dynamo=False), dict()]
     for extra in attempts:
         try:
             with torch.no_grad():

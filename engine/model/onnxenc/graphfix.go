@@ -20,10 +20,12 @@ import (
 // This file bridges what current PyTorch exports and onnx-gomlx v0.3.4
 // reads: torch.onnx.export (torch 2.9+, dynamo exporter) stores weights in
 // a side file and builds BERT's attention mask with GatherND and, for SDPA
-// attention, IsNaN — none of which onnx-gomlx handles.
+// attention, IsNaN; the TorchScript exporter concatenates empty constants
+// into shapes — none of which onnx-gomlx handles.
 
 // readModel parses an ONNX file, inlining external weights and rewriting
-// IsNaN into Not(Equal(x, x)), which onnx-gomlx does convert.
+// IsNaN into Not(Equal(x, x)), which onnx-gomlx does convert, and dropping
+// empty constants from Concat inputs.
 func readModel(path string) (*onnx.Model, error) {
 	m, err := onnx.ReadFile(path)
 	if err != nil {
@@ -34,15 +36,48 @@ func readModel(path string) (*onnx.Model, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	rewritten := rewriteIsNaN(m)
-	if !inlined && !rewritten {
-		return m, nil
+	trimmed := dropEmptyConcatInputs(m)
+	if inlined || rewritten || trimmed {
+		// Parse again so the model's indexes see the changed nodes.
+		data, err := proto.Marshal(&m.Proto)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if m, err = onnx.Parse(data); err != nil {
+			return nil, err
+		}
 	}
-	// Parse again so the model's indexes see the changed nodes.
-	data, err := proto.Marshal(&m.Proto)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	return m, nil
+}
+
+// dropEmptyConcatInputs removes zero-element constants from the inputs of
+// Concat nodes, which the TorchScript exporter uses to build shapes: they add
+// nothing, and onnx-gomlx cannot concatenate a zero-sized tensor.
+func dropEmptyConcatInputs(m *onnx.Model) bool {
+	empty := map[string]bool{}
+	for _, t := range m.Proto.Graph.Initializer {
+		empty[t.Name] = slices.Contains(t.Dims, 0)
 	}
-	return onnx.Parse(data)
+	for _, n := range m.Proto.Graph.Node {
+		if n.OpType == "Constant" && len(n.Output) == 1 {
+			for _, a := range n.Attribute {
+				if a.Name == "value" && a.T != nil && slices.Contains(a.T.Dims, 0) {
+					empty[n.Output[0]] = true
+				}
+			}
+		}
+	}
+	changed := false
+	for _, n := range m.Proto.Graph.Node {
+		if n.OpType != "Concat" {
+			continue
+		}
+		kept := slices.DeleteFunc(slices.Clone(n.Input), func(in string) bool { return empty[in] })
+		if len(kept) > 0 && len(kept) < len(n.Input) {
+			n.Input, changed = kept, true
+		}
+	}
+	return changed
 }
 
 // inlineExternalData moves weights stored beside the model (ONNX external

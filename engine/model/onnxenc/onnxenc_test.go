@@ -264,6 +264,23 @@ func TestLargeBatchRunsInChunks(t *testing.T) {
 	}
 }
 
+// A TorchScript export's empty Constant (no data field at all) loads, and
+// the graph computes what it would without it.
+func TestTorchScriptEmptyConstant(t *testing.T) {
+	f := newFixture(t, tinybert.Config{Seed: 7, TorchScriptQuirks: true})
+	enc := f.load(t, nil)
+	batch := tokenizeAll(t, enc, sentences[:2])
+	vecs, err := enc.Embed(context.Background(), batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range batch {
+		if d := maxAbsDiff(vecs[i], f.reference(t, batch[i], PoolMean, false)); d > tolerance {
+			t.Errorf("sequence %d: off by %g", i, d)
+		}
+	}
+}
+
 func TestWarmupCompilesBuckets(t *testing.T) {
 	f := newFixture(t, tinybert.Config{Seed: 6})
 	enc := f.load(t, nil)

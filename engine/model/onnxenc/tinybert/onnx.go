@@ -110,7 +110,14 @@ func (m *Model) build(externalName string) (model, external []byte, err error) {
 		scores := b.op("Div", b.op("MatMul", q, k), b.constFloat(math.Sqrt(float64(dh))))
 		probs := b.opAttrs("Softmax", []string{b.op("Add", scores, bias)}, attr("axis", intAttr(-1)))
 		ctx := b.opAttrs("Transpose", []string{b.op("MatMul", probs, v)}, attr("perm", intsAttr(0, 2, 1, 3)))
-		ctx = b.op("Reshape", ctx, b.constInts([]int64{3}, 0, 0, int64(h)))
+		ctxShape := b.constInts([]int64{3}, 0, 0, int64(h))
+		if m.TorchScriptQuirks {
+			// The TorchScript exporter builds shapes with Concat, at
+			// times of an empty Constant that holds no data field at all.
+			empty := b.opAttrs("Constant", nil, attr("value", tensorAttr(onnxInt64, []int64{0}, nil)))
+			ctxShape = b.opAttrs("Concat", []string{ctxShape, empty}, attr("axis", intAttr(0)))
+		}
+		ctx = b.op("Reshape", ctx, ctxShape)
 
 		attnOut := b.op("Add", b.op("MatMul", ctx, b.weight(p+"attention.output.dense.weight", l.AttnOut)),
 			b.vector(p+"attention.output.dense.bias", l.AttnOutB))

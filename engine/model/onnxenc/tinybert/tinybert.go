@@ -29,6 +29,10 @@ type Config struct {
 	// NoTokenTypeInput leaves token_type_ids out of the graph's inputs; the
 	// graph then uses zeros, like a BertModel exported without them.
 	NoTokenTypeInput bool
+	// TorchScriptQuirks adds what torch.onnx.export(dynamo=False) emits
+	// and the dynamo exporter does not: an empty int64 Constant, with no
+	// data field, concatenated into a Reshape's target shape.
+	TorchScriptQuirks bool
 }
 
 // Model is one encoder: its configuration and weights, named as in a
