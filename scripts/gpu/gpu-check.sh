@@ -19,6 +19,7 @@
 # DRY_RUN=1 runs the discovery for real and prints every command instead of
 # running it, so the script can be checked on a machine without a GPU.
 # Knobs (environment): OUT BIN MODEL_DIR PORT CONCURRENCY ONNX_CONCURRENCY
+# QUEUE_DELAY EXTRA_QUEUE_DELAYS
 # BATCH_SIZES WINDOW
 # WARMUP MAX_WINDOWS CEIL_WINDOW SEQ_LEN SKIP_STEPS (e.g. selftest-tf32,ceiling-onnx) WORKERS MAX_BATCH BUDGET_S ENGINE_BACKEND
 # XLA_EXTRA_FLAGS READY_TIMEOUT PYTHON.
@@ -39,6 +40,10 @@ MODEL_DIR=${MODEL_DIR:-models/use-lite}
 PORT=${PORT:-18080}
 CONCURRENCY=${CONCURRENCY:-1,8,32,64,128,256}
 ONNX_CONCURRENCY=${ONNX_CONCURRENCY:-1,32,256}
+# The dynamic engine's max_queue_delay, and others to sweep after it
+# (comma-separated, e.g. 0s,500us), each in an engine of its own.
+QUEUE_DELAY=${QUEUE_DELAY:-2ms}
+EXTRA_QUEUE_DELAYS=${EXTRA_QUEUE_DELAYS:-}
 BATCH_SIZES=${BATCH_SIZES:-1,8,32,64,128,256}
 # A bench point is a warm-up plus 3..MAX_WINDOWS windows (it stops once the
 # last three agree), so a 6-point sweep costs 6 x (WARMUP + 3..4 WINDOW).
@@ -232,7 +237,7 @@ YAML
     cat <<YAML
       max_batch_size: $max_batch
       max_batch_tokens: $((max_batch * 512))
-      max_queue_delay: 2ms
+      max_queue_delay: ${QUEUE_DELAY:-2ms}
       queue_size: 4096
       workers: $WORKERS
 YAML
@@ -381,6 +386,14 @@ if ((INPUTS_OK == 0)) || [[ $DRY_RUN == 1 ]]; then
     fi
     stop_engine
   fi
+  # Other queue delays, each its own engine and sweep (bench-dynamic-delay-D).
+  for delay in ${EXTRA_QUEUE_DELAYS//,/ }; do
+    QUEUE_DELAY=$delay write_config "$OUT/engine-delay-$delay.yaml" "$MAX_BATCH" use-lite
+    if start_engine "delay-$delay" "$OUT/engine-delay-$delay.yaml"; then
+      bench_sweep "bench-dynamic-delay-$delay" use-lite
+      stop_engine
+    fi
+  done
 
   # 3. Unbatched: one item per batch, everything else the same.
   write_config "$OUT/engine-unbatched.yaml" 1 use-lite

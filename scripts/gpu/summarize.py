@@ -121,6 +121,22 @@ def main():
             pct = f"{100 * d[0] / at:.0f} %" if d[0] and at else ""
             lines.append(f"| {c} | {d[0]} | {d[1]} | {b if b is not None else ''} | {pct} | {u[0]} | {u[1]} | {ratio} |")
         lines.append("")
+    for name in sorted(os.listdir(out)):
+        if not (name.startswith("bench-dynamic-delay-") and name.endswith(".csv")):
+            continue
+        rows = read_csv(p(name))
+        sx, bx = series(rows, "concurrency"), mean_batches(rows)
+        delay = name[len("bench-dynamic-delay-"):-len(".csv")]
+        lines += [f"### Dynamic batching with max_queue_delay {delay}", "",
+                  "| concurrency | /s | p99 ms | mean batch | % of ceiling at that batch | ÷ unbatched |",
+                  "|---|---|---|---|---|---|"]
+        for c in sorted(sx):
+            t, p99 = sx[c]
+            at = ceiling_at(sc, bx.get(c))
+            u = su.get(c, (None, None))[0]
+            lines.append(f"| {c} | {t} | {p99} | {bx.get(c, '')} | {f'{100 * t / at:.0f} %' if t and at else ''} | "
+                         f"{f'{t / u:.1f}×' if t and u else ''} |")
+        lines.append("")
     if sc:
         best_bs, (best, _) = max(sc.items(), key=lambda kv: kv[1][0] or 0)
         lines += [f"In-process ceiling: {best} items/s (batch {best_bs}); the % column compares each point "
