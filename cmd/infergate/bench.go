@@ -99,6 +99,9 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	plan.opts.Stability, _ = f.GetFloat64("stability")
 	plan.inputs, _ = f.GetInt("inputs")
 	plan.tokens, _ = f.GetInt("tokens")
+	if url, _ := f.GetString("url"); plan.tokens != 0 && url != "" {
+		return errors.New("bench: --tokens sets the in-process ceiling's sequence length; a running engine tokenizes what it is sent")
+	}
 	if plan.inputs < 1 {
 		return errors.New("bench: --inputs must be at least 1")
 	}

@@ -82,3 +82,38 @@ func TestBenchAgainstURLAndFrom(t *testing.T) {
 		t.Fatalf("bad --concurrency: %v %q", err, stderr.String())
 	}
 }
+
+// The in-process ceiling at a fixed sequence length measures each batch
+// size asked for, and refuses a length the model cannot take.
+func TestCeilingAtFixedTokens(t *testing.T) {
+	cfg := useLiteConfig(t)
+	out := filepath.Join(t.TempDir(), "ceiling.csv")
+	stdout, last, code := runExit(t, "bench", "--in-process", "-c", cfg, "--batch-sizes", "2,1", "--tokens", "16",
+		"--warmup", "200ms", "--duration", "1s", "--max-windows", "3", "--csv", out)
+	if code != 0 {
+		t.Fatalf("bench --in-process: exit %d: %s\n%s", code, last, stdout)
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil || len(rows) != 3 {
+		t.Fatalf("csv %v (%v): want a header and two rows", rows, err)
+	}
+	for i, want := range []string{"1", "2"} {
+		if r := rows[i+1]; r[0] != "ceiling" || r[4] != want || r[7] == "0.000" {
+			t.Errorf("row %d = %v: want ceiling at batch %s with a throughput", i+1, r, want)
+		}
+	}
+
+	if _, last, code := runExit(t, "bench", "--url", "http://127.0.0.1:1", "--tokens", "16"); code != 1 ||
+		!strings.Contains(last, "in-process ceiling") {
+		t.Errorf("--tokens with --url: exit %d, last line %q", code, last)
+	}
+	if _, last, code := runExit(t, "bench", "--in-process", "-c", cfg, "--batch-sizes", "1", "--tokens", "999"); code != 1 ||
+		!strings.Contains(last, "at most 128") {
+		t.Errorf("--tokens 999: exit %d, last line %q", code, last)
+	}
+}
