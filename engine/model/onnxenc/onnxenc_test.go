@@ -149,6 +149,22 @@ func (f *fixture) reference(t testing.TB, ids []int32, pooling string, normalize
 	return v
 }
 
+// checkMeanPooled embeds texts in one batch with enc (mean pooling, not
+// normalized) and compares each vector with the float64 reference.
+func (f *fixture) checkMeanPooled(t testing.TB, enc *Encoder, texts []string) {
+	t.Helper()
+	batch := tokenizeAll(t, enc, texts)
+	vecs, err := enc.Embed(context.Background(), batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range batch {
+		if d := maxAbsDiff(vecs[i], f.reference(t, batch[i], PoolMean, false)); d > tolerance {
+			t.Errorf("sequence %d: off by %g", i, d)
+		}
+	}
+}
+
 func tokenizeAll(t testing.TB, enc *Encoder, texts []string) [][]int32 {
 	t.Helper()
 	batch := make([][]int32, len(texts))
@@ -268,17 +284,7 @@ func TestLargeBatchRunsInChunks(t *testing.T) {
 // the graph computes what it would without it.
 func TestTorchScriptEmptyConstant(t *testing.T) {
 	f := newFixture(t, tinybert.Config{Seed: 7, TorchScriptQuirks: true})
-	enc := f.load(t, nil)
-	batch := tokenizeAll(t, enc, sentences[:2])
-	vecs, err := enc.Embed(context.Background(), batch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range batch {
-		if d := maxAbsDiff(vecs[i], f.reference(t, batch[i], PoolMean, false)); d > tolerance {
-			t.Errorf("sequence %d: off by %g", i, d)
-		}
-	}
+	f.checkMeanPooled(t, f.load(t, nil), sentences[:2])
 }
 
 func TestWarmupCompilesBuckets(t *testing.T) {
@@ -300,16 +306,7 @@ func TestWarmupCompilesBuckets(t *testing.T) {
 		t.Errorf("compiled buckets %v, want %v", got, want)
 	}
 	// Warming up with padding must leave real requests' answers alone.
-	batch := tokenizeAll(t, enc, sentences[:3])
-	vecs, err := enc.Embed(context.Background(), batch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range batch {
-		if d := maxAbsDiff(vecs[i], f.reference(t, batch[i], PoolMean, false)); d > tolerance {
-			t.Errorf("sequence %d after warm-up: off by %g", i, d)
-		}
-	}
+	f.checkMeanPooled(t, enc, sentences[:3])
 }
 
 func TestConcurrentEmbed(t *testing.T) {
