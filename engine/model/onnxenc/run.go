@@ -34,7 +34,7 @@ func (e *Encoder) run(ctx context.Context, batch [][]int32) ([][]float32, error)
 
 // WarmupBatches compiles the buckets of batches of up to maxBatch
 // sequences of up to maxTokens tokens (each bound rounded up to its
-// bucket), by running a batch of padding through each.
+// bucket), without running them.
 func (e *Encoder) WarmupBatches(ctx context.Context, maxBatch, maxTokens int) error {
 	topBatch := bucketFor(batchBuckets, max(1, maxBatch))
 	topSeq := bucketFor(e.seqBucket, max(1, min(maxTokens, e.opts.MaxTokens)))
@@ -49,11 +49,7 @@ func (e *Encoder) WarmupBatches(ctx context.Context, maxBatch, maxTokens int) er
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			batch := make([][]int32, rows)
-			for i := range batch {
-				batch[i] = make([]int32, seq)
-			}
-			if _, err := e.run(ctx, batch); err != nil {
+			if err := e.precompile(bucket{batch: rows, seq: seq}); err != nil {
 				return fmt.Errorf("onnxenc: warm-up: %w", err)
 			}
 		}
@@ -72,18 +68,8 @@ func (e *Encoder) runChunk(chunk [][]int32) ([][]float32, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := make([]any, 0, len(e.feeds)+1)
-	// The mask always goes first: pooling needs it even where the graph
-	// takes none.
-	args = append(args, e.paddedInput(chunk, b, feedMask, dtypes.Float32))
-	for _, f := range e.feeds {
-		args = append(args, e.paddedInput(chunk, b, f.kind, f.dtype))
-	}
-	defer func() {
-		for _, a := range args {
-			a.(*tensors.Tensor).FinalizeAll()
-		}
-	}()
+	args := e.args(chunk, b)
+	defer finalize(args)
 	var outs []*tensors.Tensor
 	if err := catch(func() (err error) { outs, err = ex.Exec(args...); return err }); err != nil {
 		return nil, fmt.Errorf("onnxenc: running bucket %dx%d: %w", b.batch, b.seq, err)
@@ -106,6 +92,37 @@ func (e *Encoder) runChunk(chunk [][]int32) ([][]float32, error) {
 		vecs[i] = flat[i*dim : (i+1)*dim : (i+1)*dim]
 	}
 	return vecs, nil
+}
+
+// args are the executable's inputs for chunk padded to b. The mask
+// always goes first: pooling needs it even where the graph takes none.
+func (e *Encoder) args(chunk [][]int32, b bucket) []any {
+	args := make([]any, 0, len(e.feeds)+1)
+	args = append(args, e.paddedInput(chunk, b, feedMask, dtypes.Float32))
+	for _, f := range e.feeds {
+		args = append(args, e.paddedInput(chunk, b, f.kind, f.dtype))
+	}
+	return args
+}
+
+func finalize(args []any) {
+	for _, a := range args {
+		a.(*tensors.Tensor).FinalizeAll()
+	}
+}
+
+// precompile compiles bucket b's executable for its shapes.
+func (e *Encoder) precompile(b bucket) error {
+	ex, err := e.executable(b)
+	if err != nil {
+		return err
+	}
+	args := e.args([][]int32{{0}}, b)
+	defer finalize(args)
+	if err := catch(func() error { return ex.PreCompile(args...) }); err != nil {
+		return fmt.Errorf("onnxenc: compiling bucket %dx%d: %w", b.batch, b.seq, err)
+	}
+	return nil
 }
 
 // paddedInput lays a chunk out as a [batch, seq] tensor of the bucket's
