@@ -11,7 +11,7 @@ import (
 // xlaAvailable tells whether this binary can run the XLA backend.
 const xlaAvailable = false
 
-func newXLABackend(name, _ string) (backends.Backend, error) {
+func newXLABackend(name string, _ xlaConfig) (backends.Backend, error) {
 	return nil, fmt.Errorf("model backend %q: this binary was built without cgo (or not for linux/amd64), "+
 		"so only %q is available; rebuild with CGO_ENABLED=1 to use XLA", name, BackendSimpleGo)
 }

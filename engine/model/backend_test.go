@@ -1,6 +1,7 @@
 package model
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 
@@ -44,5 +45,40 @@ func TestNewBackendXLAWithoutPlugin(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), want) {
 		t.Errorf("error %q does not mention %q", err, want)
+	}
+}
+
+// The GPU client's options are typed as the PJRT plugin checks them;
+// GoMLX's own words stay with the plugin name; mistakes name the option.
+func TestParseXLAConfig(t *testing.T) {
+	cfg, err := parseXLAConfig("cuda,tf32,memory_fraction=0.25,preallocate=false,allocator=bfc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.gomlx != "cuda,tf32" {
+		t.Errorf("GoMLX config %q, want cuda,tf32", cfg.gomlx)
+	}
+	want := map[string]any{"memory_fraction": float32(0.25), "preallocate": false, "allocator": "bfc"}
+	if !reflect.DeepEqual(cfg.client, want) {
+		t.Errorf("client options %#v, want %#v", cfg.client, want)
+	}
+	if cfg, err := parseXLAConfig("/opt/jax/xla_cuda_plugin.so"); err != nil || cfg.gomlx != "/opt/jax/xla_cuda_plugin.so" || len(cfg.client) != 0 {
+		t.Errorf("plain plugin path: %+v, %v", cfg, err)
+	}
+	for option, want := range map[string]string{
+		"memory_fraction=0":    "(0, 1]",
+		"memory_fraction=1.5":  "(0, 1]",
+		"memory_fraction=most": "(0, 1]",
+		"preallocate=maybe":    "true or false",
+		"allocator=arena":      "cuda_async",
+		"mem_fraction=0.5":     `unknown option "mem_fraction"`,
+	} {
+		if _, err := parseXLAConfig("cuda," + option); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want one containing %q", option, err, want)
+		}
+	}
+	// Through NewBackend the mistake is reported before any plugin loads.
+	if _, err := NewBackend("xla:cuda,memory_fraction=2"); err == nil || !strings.Contains(err.Error(), "(0, 1]") {
+		t.Errorf("NewBackend with a bad option: %v", err)
 	}
 }
