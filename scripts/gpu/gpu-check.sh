@@ -19,7 +19,7 @@
 # DRY_RUN=1 runs the discovery for real and prints every command instead of
 # running it, so the script can be checked on a machine without a GPU.
 # Knobs (environment): OUT BIN MODEL_DIR PORT CONCURRENCY ONNX_CONCURRENCY
-# QUEUE_DELAY EXTRA_QUEUE_DELAYS
+# QUEUE_DELAY EXTRA_QUEUE_DELAYS XLA_OPTIONS (e.g. memory_fraction=0.5)
 # BATCH_SIZES WINDOW
 # WARMUP MAX_WINDOWS CEIL_WINDOW SEQ_LEN SKIP_STEPS (e.g. selftest-tf32,ceiling-onnx) WORKERS MAX_BATCH BUDGET_S ENGINE_BACKEND
 # XLA_EXTRA_FLAGS READY_TIMEOUT PYTHON.
@@ -343,8 +343,8 @@ export GOMLX_NO_AUTO_INSTALL=1
 # folder; our XLA_FLAGS already names the one found above.
 export GOPJRT_CUDA_CHECKS=0
 if [[ -n $PJRT_PLUGIN ]]; then
-  ENGINE_BACKEND=${ENGINE_BACKEND:-xla:$PJRT_PLUGIN}
-  export GOMLX_BACKEND=$ENGINE_BACKEND
+  ENGINE_BACKEND=${ENGINE_BACKEND:-xla:$PJRT_PLUGIN${XLA_OPTIONS:+,$XLA_OPTIONS}}
+  export GOMLX_BACKEND=xla:$PJRT_PLUGIN
   export PJRT_PLUGIN_LIBRARY_PATH=$PJRT_DIR
 else
   ENGINE_BACKEND=${ENGINE_BACKEND:-xla:cuda}
