@@ -12,9 +12,9 @@
 // idle. So batches grow with load by themselves: a lone request pays no
 // delay, and under load each batch gathers what arrived while the previous
 // one ran. Only one worker gathers at a time, so arrivals join the forming
-// batch instead of starting a second small one. With PreferredBatchSizes the batch is
-// then cut to the largest preferred size, so that it fills the runtime's
-// padded shape bucket.
+// batch instead of starting a second small one. With PreferredBatchSizes
+// the batch is then cut to the largest preferred size, so that it fills the
+// runtime's padded shape bucket.
 //
 // A request carries one or more items (the texts of one embeddings call).
 // Its items may be split across consecutive batches, and so across
