@@ -30,7 +30,7 @@ import (
 //	go test -run TestEndToEnd ./cmd/infergate/
 func TestEndToEnd(t *testing.T) {
 	if testing.Short() {
-		t.Skip("-short given: this test starts the whole stack (infergate up with redis-server); make test runs it")
+		t.Skip("-short given: this test starts the whole stack (infergate up: xDS, ext_proc, engine with the real model); make test runs it")
 	}
 	root := testmodel.RepoRoot(t)
 	testmodel.USELiteDir(t)

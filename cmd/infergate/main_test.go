@@ -130,7 +130,7 @@ func TestBootstrapCommandPrintsValidBootstrap(t *testing.T) {
 // endpoints, and SIGTERM stops the process cleanly.
 func TestUpServesHealthAndStopsOnSIGTERM(t *testing.T) {
 	if testing.Short() {
-		t.Skip("-short given: this test starts the whole stack (infergate up with redis-server); make test runs it")
+		t.Skip("-short given: this test starts the whole stack (infergate up: xDS, ext_proc, engine with the real model); make test runs it")
 	}
 	engine, xdsAdmin, extprocAdmin := freeAddr(t), freeAddr(t), freeAddr(t)
 	// Envoy's addresses are free ports too, so that a real Envoy started by
