@@ -244,12 +244,13 @@ func (s *Server) loadModel(ctx context.Context, sv *served) error {
 		return err
 	}
 	sv.batch = b
-	// The warm-up batch takes the same path as a request.
+	// The warm-up batch takes the same path as a request, but is not
+	// counted as one.
 	ids, err := enc.Tokenize("infergate warm-up")
 	if err != nil {
 		return fmt.Errorf("model %s: warm-up: %w", m.Name, err)
 	}
-	if _, err := b.Do(ctx, [][]int32{ids}, m.PriorityLevels-1); err != nil {
+	if err := b.Warm(ctx, [][]int32{ids}); err != nil {
 		return fmt.Errorf("model %s: warm-up batch: %w", m.Name, err)
 	}
 	sv.ready.Store(true)

@@ -501,6 +501,37 @@ func TestNotReadyUntilLoadedAndWarmedUp(t *testing.T) {
 	}
 }
 
+// The warm-up batch runs at load but is no request: /metrics scraped
+// right after start shows none, and one request shows as exactly one.
+func TestWarmUpIsNotCountedAsRequest(t *testing.T) {
+	enc := &wordEncoder{}
+	te := startReady(t, engineConfig(t, ""), enc)
+	if got := enc.calls.Load(); got != 1 {
+		t.Fatalf("%d batches at load, want the one warm-up batch", got)
+	}
+	series := []string{
+		`infergate_engine_requests_total{model="words",outcome="success"}`,
+		`infergate_engine_queue_duration_seconds_count{model="words"}`,
+		`infergate_engine_batch_size_count{model="words"}`,
+		`infergate_engine_tokens_total{model="words"}`,
+	}
+	_, _, metrics := te.get(t, "/metrics")
+	for _, s := range series {
+		if got := metricValue(string(metrics), s); got != 0 {
+			t.Errorf("before any request %s = %v, want 0", s, got)
+		}
+	}
+	if status, _, body := te.post(t, "/v1/embeddings", `{"input":"one two three"}`); status != http.StatusOK {
+		t.Fatalf("status %d: %s", status, body)
+	}
+	_, _, metrics = te.get(t, "/metrics")
+	for i, want := range []float64{1, 1, 1, 3} {
+		if got := metricValue(string(metrics), series[i]); got != want {
+			t.Errorf("after one 3-token request %s = %v, want %v", series[i], got, want)
+		}
+	}
+}
+
 func TestLoadFailureStopsEngine(t *testing.T) {
 	te := start(t, engineConfig(t, ""), func(config.EngineModel) (model.Encoder, error) {
 		return nil, errors.New("model folder is empty: run make deps")

@@ -492,6 +492,36 @@ func TestBoundedQueueRejectsWhenFull(t *testing.T) {
 	_ = b.Close(ctx)
 }
 
+// Warm runs its items through a worker, ahead of queued requests, and
+// records none of the request, queue or batch metrics.
+func TestWarmRunsButIsNotCounted(t *testing.T) {
+	g := newGatedRunner(false)
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	b, err := New(testConfig(), g.run, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = b.Close(context.Background()) }()
+	if err := b.Warm(context.Background(), [][]int32{seq(7, 3)}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := g.firstTokens(), [][]int32{{7}}; !slices.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("batches %v, want the warm-up batch %v", got, want)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		for _, s := range f.GetMetric() {
+			if s.GetCounter().GetValue() != 0 || s.GetHistogram().GetSampleCount() != 0 {
+				t.Errorf("warm-up recorded %s %v", f.GetName(), s)
+			}
+		}
+	}
+}
+
 // Items of one request are split across batches and come back in order.
 func TestRequestSplitAcrossBatches(t *testing.T) {
 	g := newGatedRunner(false)
