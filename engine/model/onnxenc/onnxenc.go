@@ -90,9 +90,13 @@ type Encoder struct {
 	// for concurrent conversions, and callModel edits its input list.
 	buildMu sync.Mutex
 
-	mu     sync.Mutex
-	execs  map[bucket]*mlctx.Exec
-	closed bool
+	// closeMu makes Close wait for running Embed calls; closed is set
+	// under its write lock.
+	closeMu sync.RWMutex
+	closed  bool
+
+	mu    sync.Mutex
+	execs map[bucket]*mlctx.Exec
 }
 
 // feed is one graph input the encoder fills.
@@ -266,17 +270,25 @@ func (e *Encoder) Embed(ctx context.Context, batch [][]int32) ([][]float32, erro
 			}
 		}
 	}
+	e.closeMu.RLock()
+	defer e.closeMu.RUnlock()
+	if e.closed {
+		return nil, errClosed
+	}
 	return e.run(ctx, batch)
 }
 
-// Close implements model.Encoder: it drops the compiled graphs.
+// Close implements model.Encoder: it drops the compiled graphs, after
+// running Embed calls finish.
 func (e *Encoder) Close() error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.closeMu.Lock()
+	defer e.closeMu.Unlock()
 	if e.closed {
 		return nil
 	}
 	e.closed = true
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	for _, ex := range e.execs {
 		ex.Finalize()
 	}

@@ -342,6 +342,76 @@ func TestConcurrentEmbed(t *testing.T) {
 	}
 }
 
+// Close while batches run waits for them instead of freeing the
+// executables under them: every Embed either answers in full or gets the
+// closed error, and every Embed after Close gets it.
+func TestCloseDuringEmbed(t *testing.T) {
+	f := newFixture(t, tinybert.Config{Seed: 10})
+	enc := f.load(t, nil)
+	batch := tokenizeAll(t, enc, sentences)
+	want := make([][]float64, len(batch))
+	for i, ids := range batch {
+		want[i] = f.reference(t, ids, PoolMean, false)
+	}
+	var (
+		wg      sync.WaitGroup
+		started = make(chan struct{}, 8)
+		errs    = make(chan error, 64)
+	)
+	for g := range 8 {
+		wg.Go(func() {
+			defer func() {
+				if r := recover(); r != nil {
+					errs <- fmt.Errorf("goroutine %d panicked: %v", g, r)
+				}
+			}()
+			sub := batch[:1+g%len(batch)]
+			for n := 0; ; n++ {
+				if n == 1 {
+					started <- struct{}{}
+				}
+				got, err := enc.Embed(context.Background(), sub)
+				if errors.Is(err, errClosed) {
+					return
+				}
+				if err != nil {
+					errs <- fmt.Errorf("goroutine %d: %v, want success or %v", g, err, errClosed)
+					return
+				}
+				if len(got) != len(sub) {
+					errs <- fmt.Errorf("goroutine %d: %d vectors for %d sequences", g, len(got), len(sub))
+					return
+				}
+				for i := range sub {
+					if len(got[i]) != enc.Dim() || maxAbsDiff(got[i], want[i]) > tolerance {
+						errs <- fmt.Errorf("goroutine %d sequence %d: %d floats off by %g", g, i, len(got[i]), maxAbsDiff(got[i], want[i]))
+						return
+					}
+				}
+			}
+		})
+	}
+	// Close once every goroutine is past its first batch, so that Close
+	// meets batches in flight rather than compiles.
+	for range 8 {
+		<-started
+	}
+	if err := enc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if _, err := enc.Embed(context.Background(), batch[:1]); !errors.Is(err, errClosed) {
+		t.Errorf("Embed after Close: %v, want %v", err, errClosed)
+	}
+	if err := enc.WarmupBatches(context.Background(), 1, 16); !errors.Is(err, errClosed) {
+		t.Errorf("WarmupBatches after Close: %v, want %v", err, errClosed)
+	}
+}
+
 func TestTokenizeTruncatesToMaxTokens(t *testing.T) {
 	f := newFixture(t, tinybert.Config{Seed: 6})
 	enc := f.load(t, func(o *Options) { o.MaxTokens = 20 })

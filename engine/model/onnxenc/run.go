@@ -12,7 +12,7 @@ import (
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 )
 
-// errClosed is returned by Embed after Close.
+// errClosed is returned by Embed and WarmupBatches after Close.
 var errClosed = errors.New("onnxenc: encoder is closed")
 
 // run embeds batch in chunks of at most the largest batch bucket.
@@ -36,6 +36,11 @@ func (e *Encoder) run(ctx context.Context, batch [][]int32) ([][]float32, error)
 // sequences of up to maxTokens tokens (each bound rounded up to its
 // bucket), without running them.
 func (e *Encoder) WarmupBatches(ctx context.Context, maxBatch, maxTokens int) error {
+	e.closeMu.RLock()
+	defer e.closeMu.RUnlock()
+	if e.closed {
+		return errClosed
+	}
 	topBatch := bucketFor(batchBuckets, max(1, maxBatch))
 	topSeq := bucketFor(e.seqBucket, max(1, min(maxTokens, e.opts.MaxTokens)))
 	for _, rows := range batchBuckets {
@@ -178,9 +183,6 @@ func convert[T int32 | float32](flat []int64) []T {
 func (e *Encoder) executable(b bucket) (*mlctx.Exec, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.closed {
-		return nil, errClosed
-	}
 	if ex, ok := e.execs[b]; ok {
 		return ex, nil
 	}
