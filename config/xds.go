@@ -66,8 +66,15 @@ type XDSListener struct {
 	Address string `yaml:"address"`
 	// Nodes restricts the listener to nodes whose id or cluster is listed.
 	// Default: every node.
-	Nodes        []string         `yaml:"nodes"`
-	VirtualHosts []XDSVirtualHost `yaml:"virtual_hosts"`
+	Nodes []string `yaml:"nodes"`
+	// TrustTenantHeader keeps the tenant headers (each route policy's
+	// tenant_header) that arrive with a request. Set it only when a proxy
+	// in front authenticates callers and sets them. Default false: Envoy
+	// removes them as a request arrives, so that a client cannot claim
+	// another tenant's cache or escape its own rate limits, and the
+	// tenant is the caller's hashed API key.
+	TrustTenantHeader bool             `yaml:"trust_tenant_header"`
+	VirtualHosts      []XDSVirtualHost `yaml:"virtual_hosts"`
 }
 
 // XDSVirtualHost groups routes by Host header.

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -16,6 +18,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	earlyheaderv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -132,7 +135,7 @@ func build(m model, registered map[string][]string, prev *resources) (*resources
 		r.routes[l.Name] = rc
 		r.listenerClusters[l.Name] = used
 		r.listenerNodes[l.Name] = l.Nodes
-		r.envoyListeners[l.Name] = b.envoyListener(l, x.ExtProc)
+		r.envoyListeners[l.Name] = b.envoyListener(l, x.ExtProc, untrustedHeaders(l, policies))
 		r.apiListeners[l.Name] = b.apiListener(l, x.ExtProc)
 		r.order = append(r.order, l.Name)
 	}
@@ -269,7 +272,50 @@ func (b *builder) connectionManager(l config.XDSListener, e config.XDSExtProc, p
 	}
 }
 
-func (b *builder) envoyListener(l config.XDSListener, e config.XDSExtProc) *listenerv3.Listener {
+// EarlyHeaderRemoval is the name of the HCM extension that removes the
+// client's tenant headers before any filter or route sees the request.
+const EarlyHeaderRemoval = "envoy.http.early_header_mutation.header_mutation"
+
+// untrustedHeaders are the tenant headers a client must not set on
+// listener l: the tenant_header of every policy its routes use, unless
+// the listener trusts a proxy in front of it to set them. Sorted.
+func untrustedHeaders(l config.XDSListener, policies map[string]policy.Policy) []string {
+	if l.TrustTenantHeader {
+		return nil
+	}
+	seen := map[string]bool{}
+	var names []string
+	for _, vh := range l.VirtualHosts {
+		for _, r := range vh.Routes {
+			if h := policyOf(r, policies).TenantHeader; h != "" && !seen[h] {
+				seen[h] = true
+				names = append(names, h)
+			}
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// earlyHeaderRemoval removes the named request headers as the request
+// arrives, so that neither routing nor ext_proc ever sees the client's
+// values.
+func (b *builder) earlyHeaderRemoval(names []string) []*corev3.TypedExtensionConfig {
+	if len(names) == 0 {
+		return nil
+	}
+	hm := &earlyheaderv3.HeaderMutation{}
+	for _, n := range names {
+		hm.Mutations = append(hm.Mutations, &mutationrulesv3.HeaderMutation{
+			Action: &mutationrulesv3.HeaderMutation_Remove{Remove: n},
+		})
+	}
+	return []*corev3.TypedExtensionConfig{{Name: EarlyHeaderRemoval, TypedConfig: b.any(hm)}}
+}
+
+func (b *builder) envoyListener(l config.XDSListener, e config.XDSExtProc, untrusted []string) *listenerv3.Listener {
+	hcm := b.connectionManager(l, e, false)
+	hcm.EarlyHeaderMutationExtensions = b.earlyHeaderRemoval(untrusted)
 	host, port := config.HostPort(l.Address)
 	return &listenerv3.Listener{
 		Name: l.Name,
@@ -280,7 +326,7 @@ func (b *builder) envoyListener(l config.XDSListener, e config.XDSExtProc) *list
 		}}},
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 			Name:       hcmFilter,
-			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(b.connectionManager(l, e, false))},
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(hcm)},
 		}}}},
 	}
 }
@@ -324,13 +370,7 @@ func (b *builder) routeConfig(l config.XDSListener, policies map[string]policy.P
 	for _, vh := range l.VirtualHosts {
 		v := &routev3.VirtualHost{Name: vh.Name, Domains: vh.Domains}
 		for _, r := range vh.Routes {
-			p, ok := policies[r.Policy]
-			if !ok {
-				p, ok = policies["default"]
-			}
-			if !ok {
-				p = policy.Default()
-			}
+			p := policyOf(r, policies)
 			p.Route = r.Name
 			enc := p.Encode()
 			key := routeKey(l.Name, vh.Name, r.Name)
@@ -350,6 +390,18 @@ func (b *builder) routeConfig(l config.XDSListener, policies map[string]policy.P
 		rc.VirtualHosts = append(rc.VirtualHosts, v)
 	}
 	return rc, used
+}
+
+// policyOf is the policy route r names, else the one named default,
+// else the built-in defaults.
+func policyOf(r config.XDSRoute, policies map[string]policy.Policy) policy.Policy {
+	if p, ok := policies[r.Policy]; ok {
+		return p
+	}
+	if p, ok := policies["default"]; ok {
+		return p
+	}
+	return policy.Default()
 }
 
 func (b *builder) route(r config.XDSRoute, encodedPolicy string) *routev3.Route {

@@ -12,6 +12,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	earlyheaderv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
@@ -108,6 +109,13 @@ func TestFirstSnapshotForEnvoy(t *testing.T) {
 	if hcm.GetRds().GetRouteConfigName() != "ingress" || hcm.GetRds().GetConfigSource().GetAds() == nil {
 		t.Errorf("RDS %v, want route config ingress over ADS", hcm.GetRds())
 	}
+	// A client's own x-tenant-id is gone before routing and ext_proc.
+	early := hcm.GetEarlyHeaderMutationExtensions()
+	hm := &earlyheaderv3.HeaderMutation{}
+	if len(early) != 1 || early[0].GetName() != EarlyHeaderRemoval || early[0].GetTypedConfig().UnmarshalTo(hm) != nil ||
+		len(hm.GetMutations()) != 1 || hm.GetMutations()[0].GetRemove() != policy.DefaultTenantHeader {
+		t.Errorf("early header mutations %v, want the removal of %s", early, policy.DefaultTenantHeader)
+	}
 
 	_, rs := ads.fetch(resourcev3.RouteType, "ingress")
 	rc := rs[0].(*routev3.RouteConfiguration)
@@ -179,4 +187,21 @@ func routePolicy(t *testing.T, r *routev3.Route) policy.Policy {
 	}
 	t.Fatalf("route %q carries no %s", r.GetName(), policy.MetadataKey)
 	return policy.Policy{}
+}
+
+// Every tenant header a listener's routes read is removed once, the
+// default policy's included; a trusting listener removes none.
+func TestUntrustedHeadersCoverEveryRoutePolicy(t *testing.T) {
+	policies := map[string]policy.Policy{"team": {TenantHeader: "x-team"}, "other": {TenantHeader: "x-team"}}
+	l := config.XDSListener{VirtualHosts: []config.XDSVirtualHost{
+		{Routes: []config.XDSRoute{{Policy: "team"}, {Policy: "other"}}},
+		{Routes: []config.XDSRoute{{Policy: "unnamed"}}},
+	}}
+	if got, want := untrustedHeaders(l, policies), []string{"x-team", policy.DefaultTenantHeader}; !slices.Equal(got, want) {
+		t.Errorf("removed %v, want %v", got, want)
+	}
+	l.TrustTenantHeader = true
+	if got := untrustedHeaders(l, policies); got != nil {
+		t.Errorf("trusting listener removes %v, want none", got)
+	}
 }

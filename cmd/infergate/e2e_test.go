@@ -19,6 +19,7 @@ import (
 
 	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/envoy/xdsproxy"
+	"github.com/infergate/infergate/extproc"
 	"github.com/infergate/infergate/internal/testmodel"
 )
 
@@ -135,12 +136,12 @@ engine:
 	t.Run("embeddings miss then hit", func(t *testing.T) {
 		body := `{"model":"use-lite","input":"the quick brown fox"}`
 		before := fd.engineRequests(t)
-		miss := fd.post(t, "/v1/embeddings", body, "X-Tenant-Id", "acme")
+		miss := fd.post(t, "/v1/embeddings", body, "Authorization", "Bearer acme-key")
 		miss.wantOK(t)
 		if cs := miss.cacheStatus(); !strings.Contains(cs, "fwd=miss") || !strings.Contains(cs, "stored") {
 			t.Fatalf("first request: Cache-Status %q, want a stored miss", cs)
 		}
-		hit := fd.post(t, "/v1/embeddings", body, "X-Tenant-Id", "acme")
+		hit := fd.post(t, "/v1/embeddings", body, "Authorization", "Bearer acme-key")
 		hit.wantOK(t)
 		if !hit.isHit() {
 			t.Fatalf("second request: Cache-Status %q, want a hit", hit.cacheStatus())
@@ -158,17 +159,24 @@ engine:
 
 	t.Run("another tenant misses", func(t *testing.T) {
 		body := `{"model":"use-lite","input":"tenants do not share entries"}`
-		fd.post(t, "/v1/embeddings", body, "X-Tenant-Id", "acme").wantOK(t)
-		other := fd.post(t, "/v1/embeddings", body, "X-Tenant-Id", "globex")
+		fd.post(t, "/v1/embeddings", body, "Authorization", "Bearer acme-key").wantOK(t)
+		other := fd.post(t, "/v1/embeddings", body, "Authorization", "Bearer globex-key")
 		other.wantOK(t)
 		if other.isHit() || !strings.Contains(other.cacheStatus(), "fwd=miss") {
 			t.Fatalf("globex: Cache-Status %q, want a miss: acme's entry is acme's", other.cacheStatus())
+		}
+		// Claiming acme's tenant name does not reach acme's entries: the
+		// front door removes a client's tenant header.
+		claim := fd.post(t, "/v1/embeddings", body, "Authorization", "Bearer initech-key", "X-Tenant-Id", extproc.APIKeyTenant("acme-key"))
+		claim.wantOK(t)
+		if claim.isHit() {
+			t.Fatalf("initech claiming acme's tenant: Cache-Status %q, want a miss", claim.cacheStatus())
 		}
 	})
 
 	t.Run("kserve infer miss then hit", func(t *testing.T) {
 		body := `{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["a KServe request"]}]}`
-		miss := fd.post(t, "/v2/models/use-lite/infer", body, "X-Tenant-Id", "acme")
+		miss := fd.post(t, "/v2/models/use-lite/infer", body, "Authorization", "Bearer acme-key")
 		miss.wantOK(t)
 		if cs := miss.cacheStatus(); !strings.Contains(cs, "fwd=miss") || !strings.Contains(cs, "stored") {
 			t.Fatalf("first request: Cache-Status %q, want a stored miss", cs)
@@ -181,7 +189,7 @@ engine:
 		if err := json.Unmarshal(miss.body, &out); err != nil || len(out.Outputs) != 1 || len(out.Outputs[0].Shape) != 2 || out.Outputs[0].Shape[0] != 1 {
 			t.Fatalf("infer response is not one [1, dim] output (%v): %s", err, miss.body)
 		}
-		hit := fd.post(t, "/v2/models/use-lite/infer", body, "X-Tenant-Id", "acme")
+		hit := fd.post(t, "/v2/models/use-lite/infer", body, "Authorization", "Bearer acme-key")
 		if !hit.isHit() || !bytes.Equal(hit.body, miss.body) {
 			t.Fatalf("second request: Cache-Status %q, same body %v", hit.cacheStatus(), bytes.Equal(hit.body, miss.body))
 		}
@@ -190,9 +198,9 @@ engine:
 	t.Run("rate limited route answers 429", func(t *testing.T) {
 		for i := range 2 {
 			fd.post(t, "/v1/embeddings", fmt.Sprintf(`{"model":"use-lite","input":"free tier %d"}`, i),
-				"X-Tenant-Id", "smallco", "X-Plan", "free").wantOK(t)
+				"Authorization", "Bearer smallco-key", "X-Plan", "free").wantOK(t)
 		}
-		over := fd.post(t, "/v1/embeddings", `{"model":"use-lite","input":"free tier 2"}`, "X-Tenant-Id", "smallco", "X-Plan", "free")
+		over := fd.post(t, "/v1/embeddings", `{"model":"use-lite","input":"free tier 2"}`, "Authorization", "Bearer smallco-key", "X-Plan", "free")
 		if over.status != http.StatusTooManyRequests {
 			t.Fatalf("third request in the burst of 2: %d %s, want 429", over.status, over.body)
 		}
@@ -205,13 +213,18 @@ engine:
 			t.Errorf("429 Retry-After %q, want whole seconds to wait", over.header.Get("Retry-After"))
 		}
 		over.wantJSONError(t)
+		// Naming another tenant does not escape the key's limit.
+		if r := fd.post(t, "/v1/embeddings", `{"model":"use-lite","input":"free tier 3"}`, "Authorization", "Bearer smallco-key",
+			"X-Plan", "free", "X-Tenant-Id", "someone-else"); r.status != http.StatusTooManyRequests {
+			t.Fatalf("over the limit with another X-Tenant-Id: %d, want 429", r.status)
+		}
 		// The limit is the route's: the same tenant elsewhere is served.
-		fd.post(t, "/v1/embeddings", `{"model":"use-lite","input":"free tier 2"}`, "X-Tenant-Id", "smallco").wantOK(t)
+		fd.post(t, "/v1/embeddings", `{"model":"use-lite","input":"free tier 2"}`, "Authorization", "Bearer smallco-key").wantOK(t)
 	})
 
 	t.Run("malformed JSON is a 400 and not cached", func(t *testing.T) {
 		for i := range 2 {
-			bad := fd.post(t, "/v1/embeddings", `{"model":"use-lite","input":`, "X-Tenant-Id", "acme")
+			bad := fd.post(t, "/v1/embeddings", `{"model":"use-lite","input":`, "Authorization", "Bearer acme-key")
 			if bad.status != http.StatusBadRequest {
 				t.Fatalf("request %d: %d %s, want 400", i, bad.status, bad.body)
 			}
@@ -225,12 +238,12 @@ engine:
 
 	t.Run("no-store request is not stored", func(t *testing.T) {
 		body := `{"model":"use-lite","input":"please do not keep this"}`
-		first := fd.post(t, "/v1/embeddings", body, "X-Tenant-Id", "acme", "Cache-Control", "no-store")
+		first := fd.post(t, "/v1/embeddings", body, "Authorization", "Bearer acme-key", "Cache-Control", "no-store")
 		first.wantOK(t)
 		if cs := first.header.Get("Cache-Status"); strings.Contains(cs, "stored") {
 			t.Fatalf("no-store request: Cache-Status %q says stored", cs)
 		}
-		again := fd.post(t, "/v1/embeddings", body, "X-Tenant-Id", "acme")
+		again := fd.post(t, "/v1/embeddings", body, "Authorization", "Bearer acme-key")
 		again.wantOK(t)
 		if again.isHit() || !strings.Contains(again.cacheStatus(), "fwd=miss") {
 			t.Fatalf("after a no-store request: Cache-Status %q, want a miss", again.cacheStatus())

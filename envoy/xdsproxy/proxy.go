@@ -231,6 +231,9 @@ func (fe *frontend) stop() {
 // ServeHTTP matches the route on the request as received, then hands the
 // request to that route's processor (the harness).
 func (fe *frontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	for _, h := range fe.table.Load().removeHeaders {
+		r.Header.Del(h)
+	}
 	header := r.Header.Clone()
 	header.Set("Host", r.Host)
 	path := r.URL.RequestURI()
@@ -360,7 +363,7 @@ func (p *Proxy) buildTableLocked(fe *frontend, upstreams map[string]*upstream, u
 			}
 		}
 	}
-	t := &table{routes: rc, upstreams: upstreams, procs: map[*route]*processor{}}
+	t := &table{routes: rc, upstreams: upstreams, procs: map[*route]*processor{}, removeHeaders: c.removeHeaders}
 	var err error
 	if t.noRoute, err = p.processorLocked(fe, extProcAddr, nil, nil, used); err != nil {
 		return nil, err.Error()

@@ -420,3 +420,44 @@ func TestKeepsServingThroughAControlPlaneRestart(t *testing.T) {
 	s.startControlPlane(t, cfg)
 	eventually(t, "the restarted control plane's route is followed", func() bool { return s.send(t, "GET", "/", "").servedBy == "b" })
 }
+
+// A client cannot pick its tenant: Envoy removes the tenant header as the
+// request arrives, so rotating it does not escape the API key's rate
+// limit. A listener that trusts a proxy in front keeps the header.
+func TestClientTenantHeaderIgnoredUnlessTrusted(t *testing.T) {
+	a := upstream(t, "a")
+	routing := func(trusted bool) string {
+		return fmt.Sprintf(`  policies:
+    default: {cache: off, requests_per_second: 0.01, burst: 1}
+  listeners:
+    - name: ingress
+      address: 127.0.0.1:0
+      trust_tenant_header: %t
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - name: main
+              match: {prefix: /}
+              pool: a
+  pools:
+    - name: a
+      endpoints: [%s]
+`, trusted, a)
+	}
+	for _, tc := range []struct {
+		trusted    bool
+		wantSecond int
+	}{
+		{trusted: false, wantSecond: http.StatusTooManyRequests},
+		{trusted: true, wantSecond: http.StatusOK},
+	} {
+		s := startStack(t, routing(tc.trusted))
+		first := s.send(t, "GET", "/v2/health/ready", "", "Authorization", "Bearer k1", "X-Tenant-Id", "t1")
+		second := s.send(t, "GET", "/v2/health/ready", "", "Authorization", "Bearer k1", "X-Tenant-Id", "t2")
+		if first.status != http.StatusOK || second.status != tc.wantSecond {
+			t.Errorf("trust_tenant_header %t: the same key claiming tenants t1 then t2 got %d then %d, want 200 then %d",
+				tc.trusted, first.status, second.status, tc.wantSecond)
+		}
+	}
+}

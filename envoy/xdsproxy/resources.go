@@ -10,6 +10,7 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -17,6 +18,7 @@ import (
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	earlyheaderv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -37,6 +39,9 @@ type listenerConf struct {
 	extProc     *extprocfilterv3.ExternalProcessor
 	extProcName string
 	bufferLimit int
+	// removeHeaders are taken off each request as it arrives (the HCM's
+	// early header mutation), before routing and ext_proc.
+	removeHeaders []string
 }
 
 // decodeListener accepts the listeners the proxy can serve like Envoy:
@@ -97,6 +102,9 @@ func decodeListener(l *listenerv3.Listener) (*listenerConf, error) {
 	default:
 		return nil, errors.New("route specifier: rds or route_config is required (scoped routes are not supported)")
 	}
+	if err := lc.earlyHeaderMutations(hcm.GetEarlyHeaderMutationExtensions()); err != nil {
+		return nil, err
+	}
 	if err := lc.httpFilters(hcm.GetHttpFilters()); err != nil {
 		return nil, err
 	}
@@ -104,6 +112,25 @@ func decodeListener(l *listenerv3.Listener) (*listenerConf, error) {
 		return nil, errors.New("http_filters: no ext_proc filter (the proxy exists to run one)")
 	}
 	return lc, nil
+}
+
+// earlyHeaderMutations takes the header removals of Envoy's
+// header_mutation early extension; the proxy supports no other action.
+func (lc *listenerConf) earlyHeaderMutations(exts []*corev3.TypedExtensionConfig) error {
+	for _, ext := range exts {
+		hm := &earlyheaderv3.HeaderMutation{}
+		if err := unpack(ext.GetTypedConfig(), hm); err != nil {
+			return fmt.Errorf("early header mutation %q: %w", ext.GetName(), err)
+		}
+		for _, m := range hm.GetMutations() {
+			rm, ok := m.GetAction().(*mutationrulesv3.HeaderMutation_Remove)
+			if !ok {
+				return fmt.Errorf("early header mutation %q: only remove is supported, not %T", ext.GetName(), m.GetAction())
+			}
+			lc.removeHeaders = append(lc.removeHeaders, rm.Remove)
+		}
+	}
+	return nil
 }
 
 // httpFilters takes the ext_proc filter and checks that the router ends

@@ -20,6 +20,8 @@ type table struct {
 	// noRoute runs the listener-level ext_proc config for requests no
 	// route matches; the harness answers them 404 as Envoy's router does.
 	noRoute *processor
+	// removeHeaders is the listener's early header removal.
+	removeHeaders []string
 }
 
 // upstream is one cluster's endpoints, picked round robin.
