@@ -2,10 +2,13 @@ package xds
 
 import (
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/infergate/infergate/config"
 )
 
 // registration is one engine that registered itself into a pool.
@@ -87,6 +90,26 @@ func (r *registry) expire(now time.Time) []registration {
 		if len(p) == 0 {
 			delete(r.pools, pool)
 		}
+	}
+	return gone
+}
+
+// dropPoolsExcept deregisters the endpoints of every pool not in keep and
+// returns them: an engine registered in a removed pool must register
+// again, and is refused until the pool exists, instead of reappearing
+// when a pool of that name is added back.
+func (r *registry) dropPoolsExcept(keep []config.XDSPool) []registration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var gone []registration
+	for pool, p := range r.pools {
+		if slices.ContainsFunc(keep, func(k config.XDSPool) bool { return k.Name == pool }) {
+			continue
+		}
+		for addr, l := range p {
+			gone = append(gone, registration{Pool: pool, Address: addr, ExpiresAt: l.expires})
+		}
+		delete(r.pools, pool)
 	}
 	return gone
 }

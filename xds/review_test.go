@@ -109,3 +109,43 @@ xds:
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// An engine registered in a pool that is then removed is deregistered
+// with it: it is no longer listed, its heartbeats are refused (so its
+// registrar registers again), and it does not come back when a pool of
+// that name is added again.
+func TestRemovingAPoolDeregistersItsEngines(t *testing.T) {
+	s := startServer(t, `engine:
+  listen: 127.0.0.1:1
+xds:
+  pools:
+    - name: default
+    - name: dyn
+`)
+	if code := adminDo(t, s, "POST", "/v1/pools/dyn/endpoints", `{"address": "127.0.0.1:9", "ttl": "1h"}`, nil); code != 201 {
+		t.Fatalf("register: %d", code)
+	}
+	listed := func() []registration {
+		var list struct{ Endpoints []registration }
+		adminDo(t, s, "GET", "/v1/endpoints", "", &list)
+		return list.Endpoints
+	}
+	withPools := func(pools string) string {
+		return fmt.Sprintf(`{"listeners": [{"name": "ingress", "virtual_hosts": [{"name": "all", "routes": [{"name": "main", "pool": "default"}]}]}], "pools": %s}`, pools)
+	}
+	if code := adminDo(t, s, "PUT", "/v1/config", withPools(`[{"name": "default"}]`), nil); code != 200 {
+		t.Fatalf("removing pool dyn: %d", code)
+	}
+	if got := listed(); len(got) != 0 {
+		t.Fatalf("after pool dyn was removed, endpoints %+v are still listed", got)
+	}
+	if code := adminDo(t, s, "POST", "/v1/pools/dyn/endpoints/127.0.0.1:9/heartbeat", "", nil); code != 404 {
+		t.Fatalf("heartbeat into the removed pool: %d, want 404", code)
+	}
+	if code := adminDo(t, s, "PUT", "/v1/config", withPools(`[{"name": "default"}, {"name": "dyn"}]`), nil); code != 200 {
+		t.Fatalf("adding pool dyn back: %d", code)
+	}
+	if got := listed(); len(got) != 0 {
+		t.Fatalf("pool dyn added back with its old endpoints %+v", got)
+	}
+}

@@ -224,6 +224,9 @@ func (s *Server) applyLocked(m model, source, note string, describe func(error) 
 	}
 	s.pub.publish(res)
 	s.model, s.res = m, res
+	for _, g := range s.endpoints.dropPoolsExcept(m.routing.Pools) {
+		s.log.Info("engine deregistered: its pool was removed", "pool", g.Pool, "address", g.Address)
+	}
 	s.version++
 	s.history = append(s.history, revision{Version: s.version, Source: source, At: time.Now(), Note: note, routing: m.routing})
 	if max := s.cfg.XDS.History; len(s.history) > max {
