@@ -40,6 +40,9 @@ type EngineRegister struct {
 	// ControlPlane is the xDS admin base URL, e.g. http://127.0.0.1:18001.
 	// Empty: the engine does not register. Default empty.
 	ControlPlane string `yaml:"control_plane"`
+	// TokenFile holds the bearer token to present to the control plane,
+	// its xds.admin_token_file. Default empty: none.
+	TokenFile string `yaml:"token_file"`
 	// Pool is the pool to join. Default "default".
 	Pool string `yaml:"pool"`
 	// Advertise is the ip:port Envoy dials. Default engine.listen.

@@ -16,6 +16,9 @@ type ExtProc struct {
 	// Admin is the HTTP address of the purge API, /metrics, /healthz and
 	// /readyz. Default 127.0.0.1:18081.
 	Admin string `yaml:"admin"`
+	// AdminTokenFile holds the bearer token the purge API requires (read
+	// once at start). Default empty: no token, so keep admin on loopback.
+	AdminTokenFile string `yaml:"admin_token_file"`
 	// MaxBodyBytes is the largest request or response body the server
 	// accepts in one gRPC message; it bounds memory per stream and should be
 	// at least Envoy's buffer limit. Default 16777216 (16 MiB).

@@ -21,6 +21,10 @@ type XDS struct {
 	// Admin is the HTTP address of the admin API, /metrics, /healthz and
 	// /readyz. Default 127.0.0.1:18001.
 	Admin string `yaml:"admin"`
+	// AdminTokenFile holds the bearer token the admin API requires on
+	// /v1/ (read once at start). Default empty: no token, so keep admin
+	// on loopback.
+	AdminTokenFile string `yaml:"admin_token_file"`
 	// WatchInterval is how often the config file is checked for changes
 	// (modification time and content hash). Default 1s.
 	WatchInterval time.Duration `yaml:"watch_interval"`

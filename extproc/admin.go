@@ -22,7 +22,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	ops.HandleProbes(mux, s.reg, func() error { return nil })
 	mux.HandleFunc("POST /v1/cache/purge", s.handlePurge)
-	return mux
+	return ops.RequireToken(s.adminToken, mux)
 }
 
 func (s *Server) handlePurge(w http.ResponseWriter, r *http.Request) {

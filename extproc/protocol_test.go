@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -17,6 +20,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/infergate/infergate/config"
+	"github.com/infergate/infergate/extproc"
 	"github.com/infergate/infergate/policy"
 )
 
@@ -225,5 +230,47 @@ func TestStreamedEventStreamChunkByChunk(t *testing.T) {
 	hit := send(body(req, false)).GetImmediateResponse()
 	if hit == nil || string(hit.GetBody()) != strings.Join(chunks, "") {
 		t.Fatalf("replay of the streamed response: %v", hit)
+	}
+}
+
+// With extproc.admin_token_file the purge API answers only to the token;
+// /metrics stays open for Prometheus.
+func TestPurgeAPIRequiresTheAdminToken(t *testing.T) {
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startExtProc(t, func(c *config.ExtProc) { c.AdminTokenFile = token })
+	purge := func(auth string) int {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+srv.AdminAddr()+"/v1/cache/purge", strings.NewReader(`{"all":true}`))
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := purge(""); got != http.StatusUnauthorized {
+		t.Errorf("purge without the token: %d, want 401", got)
+	}
+	if got := purge("Bearer s3cret"); got != http.StatusOK {
+		t.Errorf("purge with the token: %d, want 200", got)
+	}
+	resp, err := http.Get("http://" + srv.AdminAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/metrics without the token: %d, want 200", resp.StatusCode)
+	}
+
+	cfg := config.Default().ExtProc
+	cfg.AdminTokenFile = filepath.Join(t.TempDir(), "missing")
+	if _, err := extproc.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil || !strings.Contains(err.Error(), "extproc.admin_token_file") {
+		t.Errorf("New with a missing token file: %v, want an error naming extproc.admin_token_file", err)
 	}
 }

@@ -47,6 +47,8 @@ type Server struct {
 	grpc    *grpc.Server
 	grpcLn  net.Listener
 	adminLn net.Listener
+	// adminToken is the bearer token the admin API requires ("" none).
+	adminToken string
 }
 
 // Option changes how New builds the Server.
@@ -64,7 +66,11 @@ func WithRegistry(reg *prometheus.Registry) Option { return func(s *Server) { s.
 // of cfg.Semantic (or the one given by WithSemantic) as the last stage.
 // Nothing listens until Listen.
 func New(cfg config.ExtProc, log *slog.Logger, opts ...Option) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, flights: cache.NewFlights()}
+	token, err := ops.ReadToken("extproc.admin_token_file", cfg.AdminTokenFile)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, flights: cache.NewFlights(), adminToken: token}
 	for _, o := range opts {
 		o(s)
 	}

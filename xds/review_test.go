@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -147,5 +149,46 @@ xds:
 	}
 	if got := listed(); len(got) != 0 {
 		t.Fatalf("pool dyn added back with its old endpoints %+v", got)
+	}
+}
+
+// With xds.admin_token_file, routing cannot change without the token and
+// nothing is changed by a refused call; the probes stay open.
+func TestAdminAPIRequiresTheToken(t *testing.T) {
+	token := filepath.Join(t.TempDir(), "token")
+	writeFile(t, token, "s3cret\n")
+	s := startServer(t, fmt.Sprintf(`engine:
+  listen: 127.0.0.1:1
+xds:
+  admin_token_file: %s
+`, token))
+	do := func(method, path, body, auth string) int {
+		req, _ := http.NewRequest(method, "http://"+s.AdminAddr()+path, strings.NewReader(body))
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	before := s.currentVersion()
+	route := `{"match": {"prefix": "/"}, "pool": "default"}`
+	if got := do("PUT", "/v1/listeners/ingress/routes/extra", route, ""); got != http.StatusUnauthorized {
+		t.Fatalf("PUT a route without the token: %d, want 401", got)
+	}
+	if got := do("GET", "/v1/config", "", "Bearer wrong"); got != http.StatusUnauthorized {
+		t.Fatalf("GET config with a wrong token: %d, want 401", got)
+	}
+	if v := s.currentVersion(); v != before {
+		t.Fatalf("a refused call changed the config version from %d to %d", before, v)
+	}
+	if got := do("PUT", "/v1/listeners/ingress/routes/extra", route, "Bearer s3cret"); got != http.StatusOK {
+		t.Fatalf("PUT a route with the token: %d, want 200", got)
+	}
+	if got := do("GET", "/readyz", "", ""); got != http.StatusOK {
+		t.Fatalf("/readyz without the token: %d, want 200", got)
 	}
 }

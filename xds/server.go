@@ -56,6 +56,7 @@ type Server struct {
 	pub        *publisher
 	cache      *nackGuard
 	endpoints  *registry
+	adminToken string
 
 	// mu serialises changes: build, validate, publish, record.
 	mu            sync.Mutex
@@ -81,6 +82,10 @@ func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prom
 	if log == nil {
 		log = slog.Default()
 	}
+	token, err := ops.ReadToken("xds.admin_token_file", cfg.XDS.AdminTokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("xds: %w", err)
+	}
 	m := newMetrics(reg)
 	t := newTracker(m)
 	snapshots := cachev3.NewSnapshotCache(false, nodeKeyHash{}, cacheLogger{log})
@@ -89,8 +94,8 @@ func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prom
 		log: log, cfg: cfg, configPath: configPath, reg: reg, m: m, tracker: t,
 		pub:       newPublisher(snapshots),
 		cache:     &nackGuard{SnapshotCache: snapshots, tracker: t},
-		endpoints: newRegistry(),
-		ctx:       ctx, cancel: cancel,
+		endpoints: newRegistry(), adminToken: token,
+		ctx: ctx, cancel: cancel,
 	}
 	t.firstSeen = s.pub.addNode
 	t.gone = s.pub.removeNode
@@ -146,7 +151,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	mux := http.NewServeMux()
 	ops.HandleProbes(mux, s.reg, func() error { return nil })
 	s.routes(mux)
-	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	admin := &http.Server{Handler: ops.RequireToken(s.adminToken, mux), ReadHeaderTimeout: 10 * time.Second}
 
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()

@@ -89,7 +89,11 @@ func buildServices(cmd *cobra.Command, cfg config.Config, log *slog.Logger, name
 		}
 		services = append(services, s)
 		if r := cfg.Engine.Register; name == "engine" && r.ControlPlane != "" {
-			services = append(services, registrar.New(r, cfg.Engine.Listen, log.With("component", "registrar")))
+			reg, err := registrar.New(r, cfg.Engine.Listen, log.With("component", "registrar"))
+			if err != nil {
+				return nil, fmt.Errorf("engine: %w", err)
+			}
+			services = append(services, reg)
 		}
 	}
 	return services, nil

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/infergate/infergate/config"
+	"github.com/infergate/infergate/internal/ops"
 )
 
 // Registrar is an ops.Service that keeps one engine registered.
@@ -23,16 +24,22 @@ type Registrar struct {
 	ready  string // the engine's own readiness URL
 	client *http.Client
 	log    *slog.Logger
+	token  string // presented as a bearer token ("" none)
 }
 
 // New returns a registrar for the engine serving on engineListen.
-func New(cfg config.EngineRegister, engineListen string, log *slog.Logger) *Registrar {
+func New(cfg config.EngineRegister, engineListen string, log *slog.Logger) (*Registrar, error) {
+	token, err := ops.ReadToken("engine.register.token_file", cfg.TokenFile)
+	if err != nil {
+		return nil, err
+	}
 	return &Registrar{
 		cfg:    cfg,
 		ready:  "http://" + engineListen + "/v2/health/ready",
 		client: &http.Client{Timeout: cfg.Interval},
 		log:    log,
-	}
+		token:  token,
+	}, nil
 }
 
 // Name implements ops.Service.
@@ -116,6 +123,9 @@ func (r *Registrar) deregister() {
 }
 
 func (r *Registrar) do(req *http.Request, ok ...int) error {
+	if r.token != "" {
+		req.Header.Set("Authorization", "Bearer "+r.token)
+	}
 	resp, err := r.client.Do(req)
 	if err != nil {
 		return err

@@ -6,6 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -45,11 +49,15 @@ func serve(t *testing.T, s interface {
 }
 
 // controlPlane is a real xDS server with a pool "default" and no
-// configured endpoints; it returns the admin base URL.
-func controlPlane(t *testing.T) string {
+// configured endpoints, whose admin API requires token ("" none); it
+// returns the admin base URL.
+func controlPlane(t *testing.T, token string) string {
 	t.Helper()
 	cfg := config.Default()
 	cfg.XDS.Listen, cfg.XDS.Admin = "127.0.0.1:0", "127.0.0.1:0"
+	if token != "" {
+		cfg.XDS.AdminTokenFile = tokenFile(t, token)
+	}
 	cfg.XDS.Pools = []config.XDSPool{{Name: "default", Endpoints: []string{}}}
 	s, err := xds.New(cfg, "", quiet)
 	if err != nil {
@@ -59,13 +67,42 @@ func controlPlane(t *testing.T) string {
 	return "http://" + s.AdminAddr()
 }
 
-func registered(t *testing.T, controlPlane string) []string {
+func tokenFile(t *testing.T, token string) string {
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// newRegistrar is New, failing the test on an error.
+func newRegistrar(t *testing.T, cfg config.EngineRegister, engineListen string) *Registrar {
 	t.Helper()
-	resp, err := http.Get(controlPlane + "/v1/endpoints")
+	r, err := New(cfg, engineListen, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// registered lists the control plane's endpoints, presenting token.
+func registered(t *testing.T, controlPlane string, token ...string) []string {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, controlPlane+"/v1/endpoints", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(token) > 0 {
+		req.Header.Set("Authorization", "Bearer "+token[0])
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /v1/endpoints: %s", resp.Status)
+	}
 	var body struct {
 		Endpoints []struct {
 			Pool, Address string
@@ -94,7 +131,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // A ready engine joins its pool by itself and leaves it when it stops.
 func TestEngineJoinsAndLeavesItsPool(t *testing.T) {
-	cp := controlPlane(t)
+	cp := controlPlane(t, "")
 	ecfg := config.Default().Engine
 	ecfg.Listen = "127.0.0.1:0"
 	ecfg.Models[0].Path = testmodel.USELiteDir(t)
@@ -105,7 +142,7 @@ func TestEngineJoinsAndLeavesItsPool(t *testing.T) {
 	serve(t, eng)
 
 	reg := config.EngineRegister{ControlPlane: cp, Pool: "default", Advertise: eng.Addr(), TTL: 3 * time.Second, Interval: 50 * time.Millisecond}
-	stop := serve(t, New(reg, eng.Addr(), quiet))
+	stop := serve(t, newRegistrar(t, reg, eng.Addr()))
 	want := "default/" + eng.Addr()
 	waitFor(t, "the engine is registered", func() bool {
 		got := registered(t, cp)
@@ -120,12 +157,41 @@ func TestEngineJoinsAndLeavesItsPool(t *testing.T) {
 // An engine that is not ready (here: not running at all) is never put in
 // front of Envoy.
 func TestEngineThatIsNotReadyIsNotRegistered(t *testing.T) {
-	cp := controlPlane(t)
+	cp := controlPlane(t, "")
 	reg := config.EngineRegister{ControlPlane: cp, Pool: "default", Advertise: "127.0.0.1:1", TTL: 3 * time.Second, Interval: 20 * time.Millisecond}
-	stop := serve(t, New(reg, "127.0.0.1:1", quiet))
+	stop := serve(t, newRegistrar(t, reg, "127.0.0.1:1"))
 	time.Sleep(200 * time.Millisecond) // ten ticks
 	stop()
 	if got := registered(t, cp); len(got) != 0 {
 		t.Fatalf("an engine that never answered ready was registered: %v", got)
+	}
+}
+
+// A control plane with an admin token accepts only the registrar that
+// presents it; the engine here is a stand-in that is always ready.
+func TestRegistrarPresentsTheControlPlaneToken(t *testing.T) {
+	cp := controlPlane(t, "s3cret")
+	ready := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	t.Cleanup(ready.Close)
+	engineAddr := ready.Listener.Addr().String()
+	reg := config.EngineRegister{ControlPlane: cp, Pool: "default", Advertise: "127.0.0.1:9", TTL: 3 * time.Second, Interval: 20 * time.Millisecond}
+
+	stop := serve(t, newRegistrar(t, reg, engineAddr))
+	time.Sleep(200 * time.Millisecond) // ten refused tries
+	stop()
+	if got := registered(t, cp, "s3cret"); len(got) != 0 {
+		t.Fatalf("a registrar without the token was registered: %v", got)
+	}
+
+	reg.TokenFile = tokenFile(t, "s3cret")
+	serve(t, newRegistrar(t, reg, engineAddr))
+	waitFor(t, "the registrar with the token is registered", func() bool {
+		got := registered(t, cp, "s3cret")
+		return len(got) == 1 && got[0] == "default/127.0.0.1:9"
+	})
+
+	reg.TokenFile = filepath.Join(t.TempDir(), "missing")
+	if _, err := New(reg, engineAddr, quiet); err == nil || !strings.Contains(err.Error(), "engine.register.token_file") {
+		t.Fatalf("New with a missing token file: %v, want an error naming engine.register.token_file", err)
 	}
 }
