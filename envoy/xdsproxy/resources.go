@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -19,11 +18,11 @@ import (
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	earlyheaderv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
-	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/infergate/infergate/envoy/harness"
+	"github.com/infergate/infergate/envoy/routematch"
 	"github.com/infergate/infergate/envoy/validate"
 )
 
@@ -199,7 +198,7 @@ type virtualHost struct {
 type route struct {
 	name      string
 	vhost     string
-	match     routeMatcher
+	match     *routematch.Matcher
 	clusters  []weightedCluster
 	total     uint64
 	timeout   time.Duration
@@ -253,7 +252,7 @@ func decodeRoute(r *routev3.Route) (*route, error) {
 	if action == nil {
 		return nil, errors.New("only route actions are supported (not redirect, direct_response or filter_action)")
 	}
-	m, err := compileMatch(r.GetMatch())
+	m, err := routematch.Compile(r.GetMatch())
 	if err != nil {
 		return nil, err
 	}
@@ -315,118 +314,6 @@ func perFilterConfigs(m map[string]*anypb.Any) (map[string]*extprocfilterv3.ExtP
 		out[name] = pr
 	}
 	return out, nil
-}
-
-// routeMatcher is a RouteMatch: one path specifier plus header matchers.
-type routeMatcher struct {
-	prefix, path    string
-	regex           *regexp.Regexp
-	caseInsensitive bool
-	headers         []headerMatcher
-}
-
-func compileMatch(m *routev3.RouteMatch) (routeMatcher, error) {
-	if m.GetGrpc() != nil || m.GetRuntimeFraction() != nil || len(m.GetQueryParameters()) > 0 ||
-		len(m.GetDynamicMetadata()) > 0 || m.GetFilterState() != nil || m.GetTlsContext() != nil {
-		return routeMatcher{}, errors.New("match: only path, prefix, safe_regex and headers are supported")
-	}
-	rm := routeMatcher{caseInsensitive: m.GetCaseSensitive() != nil && !m.GetCaseSensitive().GetValue()}
-	switch ps := m.GetPathSpecifier().(type) {
-	case *routev3.RouteMatch_Prefix:
-		rm.prefix = ps.Prefix
-	case *routev3.RouteMatch_Path:
-		rm.path = ps.Path
-	case *routev3.RouteMatch_SafeRegex:
-		re, err := regexp.Compile("^(?:" + ps.SafeRegex.GetRegex() + ")$")
-		if err != nil {
-			return routeMatcher{}, fmt.Errorf("match.safe_regex: %w", err)
-		}
-		rm.regex = re
-	default:
-		return routeMatcher{}, errors.New("match: only prefix, path and safe_regex are supported")
-	}
-	if rm.caseInsensitive {
-		rm.prefix, rm.path = strings.ToLower(rm.prefix), strings.ToLower(rm.path)
-	}
-	for _, h := range m.GetHeaders() {
-		hm, err := compileHeader(h)
-		if err != nil {
-			return routeMatcher{}, fmt.Errorf("match.headers %q: %w", h.GetName(), err)
-		}
-		rm.headers = append(rm.headers, hm)
-	}
-	return rm, nil
-}
-
-// headerMatcher is Envoy's HeaderMatcher: a header's values joined with
-// "," are matched; a missing header matches nothing (unless
-// treat_missing_header_as_empty), inverted or not.
-type headerMatcher struct {
-	name                string
-	present             *bool
-	match               func(string) bool
-	invert              bool
-	treatMissingAsEmpty bool
-}
-
-func compileHeader(h *routev3.HeaderMatcher) (headerMatcher, error) {
-	hm := headerMatcher{name: strings.ToLower(h.GetName()), invert: h.GetInvertMatch(), treatMissingAsEmpty: h.GetTreatMissingHeaderAsEmpty()}
-	if strings.HasPrefix(hm.name, ":") {
-		return hm, errors.New("pseudo-header matches are not supported")
-	}
-	var err error
-	switch s := h.GetHeaderMatchSpecifier().(type) {
-	case *routev3.HeaderMatcher_PresentMatch:
-		p := s.PresentMatch
-		hm.present = &p
-	case *routev3.HeaderMatcher_StringMatch:
-		hm.match, err = compileString(s.StringMatch)
-	case *routev3.HeaderMatcher_ExactMatch:
-		hm.match = func(v string) bool { return v == s.ExactMatch }
-	case *routev3.HeaderMatcher_PrefixMatch:
-		hm.match = func(v string) bool { return strings.HasPrefix(v, s.PrefixMatch) }
-	case *routev3.HeaderMatcher_SuffixMatch:
-		hm.match = func(v string) bool { return strings.HasSuffix(v, s.SuffixMatch) }
-	case *routev3.HeaderMatcher_ContainsMatch:
-		hm.match = func(v string) bool { return strings.Contains(v, s.ContainsMatch) }
-	case *routev3.HeaderMatcher_SafeRegexMatch:
-		hm.match, err = compileString(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: s.SafeRegexMatch}})
-	case nil:
-		// No specifier: the header must be present (Envoy's old default).
-		p := true
-		hm.present = &p
-	default:
-		err = errors.New("only string, present and the legacy exact/prefix/suffix/contains/regex matches are supported")
-	}
-	return hm, err
-}
-
-func compileString(sm *matcherv3.StringMatcher) (func(string) bool, error) {
-	fold := func(s string) string { return s }
-	if sm.GetIgnoreCase() {
-		fold = strings.ToLower
-	}
-	switch p := sm.GetMatchPattern().(type) {
-	case *matcherv3.StringMatcher_Exact:
-		want := fold(p.Exact)
-		return func(v string) bool { return fold(v) == want }, nil
-	case *matcherv3.StringMatcher_Prefix:
-		want := fold(p.Prefix)
-		return func(v string) bool { return strings.HasPrefix(fold(v), want) }, nil
-	case *matcherv3.StringMatcher_Suffix:
-		want := fold(p.Suffix)
-		return func(v string) bool { return strings.HasSuffix(fold(v), want) }, nil
-	case *matcherv3.StringMatcher_Contains:
-		want := fold(p.Contains)
-		return func(v string) bool { return strings.Contains(fold(v), want) }, nil
-	case *matcherv3.StringMatcher_SafeRegex:
-		re, err := regexp.Compile("^(?:" + p.SafeRegex.GetRegex() + ")$")
-		if err != nil {
-			return nil, fmt.Errorf("safe_regex: %w", err)
-		}
-		return re.MatchString, nil
-	}
-	return nil, errors.New("string matcher: only exact, prefix, suffix, contains and safe_regex are supported")
 }
 
 // clusterConf is a CDS cluster: its endpoints come from EDS (edsName) or

@@ -38,7 +38,7 @@ func (t *table) match(h http.Header, path string) *route {
 		return nil
 	}
 	for _, r := range vh.routes {
-		if r.match.matches(h, path) {
+		if r.match.Matches(h.Values, path) {
 			return r
 		}
 	}
@@ -111,52 +111,6 @@ func (rc *routeConfig) virtualHost(host string) *virtualHost {
 		}
 	}
 	return best
-}
-
-func (m *routeMatcher) matches(h http.Header, path string) bool {
-	p := path
-	if m.caseInsensitive {
-		p = strings.ToLower(p)
-	}
-	switch {
-	case m.regex != nil:
-		if !m.regex.MatchString(stripQuery(path)) {
-			return false
-		}
-	case m.path != "":
-		if stripQuery(p) != m.path {
-			return false
-		}
-	default:
-		// A prefix is matched against the whole :path, query included.
-		if !strings.HasPrefix(p, m.prefix) {
-			return false
-		}
-	}
-	for _, hm := range m.headers {
-		if !hm.matches(h) {
-			return false
-		}
-	}
-	return true
-}
-
-func stripQuery(path string) string {
-	if i := strings.IndexAny(path, "?#"); i >= 0 {
-		return path[:i]
-	}
-	return path
-}
-
-func (hm *headerMatcher) matches(h http.Header) bool {
-	values := h.Values(hm.name)
-	if hm.present != nil {
-		return ((len(values) > 0) == *hm.present) != hm.invert
-	}
-	if len(values) == 0 && !hm.treatMissingAsEmpty {
-		return false
-	}
-	return hm.match(strings.Join(values, ",")) != hm.invert
 }
 
 // processor is a harness (one ext_proc filter config with one route's
