@@ -105,10 +105,20 @@ func TestUnexpectedMessagesEndTheStreamWithAnError(t *testing.T) {
 
 func TestBadPolicyMetadataIsRefused(t *testing.T) {
 	srv := startExtProc(t, nil)
-	s := rawStream(t, srv.Addr(), policy.MetadataKey, `{"cache":"sometimes"}`)
-	err := finalStatus(t, s, requestHeaders(false, ":path", "/"))
-	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "cache") {
-		t.Fatalf("stream ended with %v, want InvalidArgument naming the field", err)
+	for bad, field := range map[string]string{
+		`{"cache":"sometimes"}`: "cache",
+		`{"model_routes":[{"model":"m","match":{"safeRegex":{"regex":"(["}},"policy":{}}]}`: "model_routes[0].match.safe_regex",
+		`{"model_routes":[{"model":"m","match":{"grpc":{}},"policy":{}}]}`:                  "model_routes[0].match",
+		`{"model_routes":[{"model":"m","match":{"prefix":7},"policy":{}}]}`:                 "model_routes[0].match",
+	} {
+		// Twice: a refused policy is not cached as if it were good.
+		for range 2 {
+			s := rawStream(t, srv.Addr(), policy.MetadataKey, bad)
+			err := finalStatus(t, s, requestHeaders(false, ":path", "/"))
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), field) {
+				t.Fatalf("policy %s: stream ended with %v, want InvalidArgument naming %s", bad, err, field)
+			}
+		}
 	}
 }
 

@@ -43,6 +43,8 @@ type Server struct {
 	redis   *redisconn.Conn
 	sem     *semantic.Cache
 	stages  []Stage
+	// policies caches the route policies streams arrive with.
+	policies policyCache
 
 	grpc    *grpc.Server
 	grpcLn  net.Listener

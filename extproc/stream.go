@@ -14,7 +14,6 @@ import (
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/infergate/infergate/extproc/cache"
@@ -52,6 +51,11 @@ type stream struct {
 	// clientModel is the x-infergate-model the client sent itself.
 	clientModel string
 	checks      []limitCheck
+	// route is the matched route's policy. While its model routes may
+	// still take the request (the body is not read yet), reqHeaders are
+	// kept to match them and the rate limits wait for the final policy.
+	route      *routePolicy
+	reqHeaders headers
 
 	// Request body, accumulated when Envoy streams it in chunks.
 	body     []byte
@@ -191,23 +195,20 @@ func (st *stream) handle(req *extprocv3.ProcessingRequest) (string, error) {
 // requestHeaders reads the policy and the tenant, enforces rate limits and,
 // for a request without body, looks it up at once.
 func (st *stream) requestHeaders(hm *extprocv3.HttpHeaders) error {
-	p, err := streamPolicy(st.ctx)
+	rp, err := st.s.policies.streamPolicy(st.ctx)
 	if err != nil {
 		return &protocolError{kind: "bad_policy", code: codes.InvalidArgument, msg: err.Error()}
 	}
-	st.policy = p
 	h := readHeaders(hm.GetHeaders())
 	st.method, st.path = h[":method"], h[":path"]
-	st.tenant = tenantOf(h, p)
 	st.clientModel = h[policy.ModelHeader]
-	st.scope = tenantScope(st.tenant)
-	if p.SharedCache {
-		st.scope = cache.SharedScope
-	}
+	st.usePolicy(rp.Policy, h)
 	cc := directives(h[headerCacheControl])
 	st.noStore, st.noCache = cc["no-store"], cc["no-cache"]
 
-	if resp := st.enforceLimits(); resp != nil {
+	if len(rp.models) > 0 && st.clientModel == "" && !hm.GetEndOfStream() {
+		st.route, st.reqHeaders = rp, h
+	} else if resp := st.enforceLimits(); resp != nil {
 		st.phase = finished
 		return st.send(resp)
 	}
@@ -216,19 +217,32 @@ func (st *stream) requestHeaders(hm *extprocv3.HttpHeaders) error {
 	}
 	st.phase = wantRequestBody
 	m := &mutation{}
-	m.add(headerPriority, strconv.Itoa(p.Priority))
+	m.add(headerPriority, strconv.Itoa(st.policy.Priority))
 	return st.send(requestHeadersResponse(m))
 }
 
-// streamPolicy decodes the route's policy from the stream's gRPC metadata;
-// a route without one gets the defaults.
-func streamPolicy(ctx context.Context) (policy.Policy, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	v := md.Get(policy.MetadataKey)
-	if len(v) == 0 {
-		return policy.Default(), nil
+// usePolicy makes p the stream's policy, with the tenant and cache scope
+// it reads from the request headers h.
+func (st *stream) usePolicy(p policy.Policy, h headers) {
+	st.policy = p
+	st.tenant = tenantOf(h, p)
+	st.scope = tenantScope(st.tenant)
+	if p.SharedCache {
+		st.scope = cache.SharedScope
 	}
-	return policy.Decode(v[0])
+}
+
+// settleRoute applies the policy of the model route Envoy will take once
+// the model header is set, if any, then the rate limits it deferred.
+// It returns the 429 or 503 answer, or nil when the request may go on.
+func (st *stream) settleRoute(model string) (switched bool, limited *extprocv3.ProcessingResponse) {
+	rp, h := st.route, st.reqHeaders
+	st.route, st.reqHeaders = nil, nil
+	if mr := rp.modelRoute(model, st.path, h); mr != nil {
+		st.usePolicy(mr.policy, h)
+		switched = true
+	}
+	return switched, st.enforceLimits()
 }
 
 // tenantOf is the tenant header's value or, without one, a hash of the API
@@ -303,6 +317,17 @@ func (st *stream) requestComplete(end requestEnd) error {
 	if req.Model != "" {
 		m.add(policy.ModelHeader, req.Model)
 	}
+	if st.route != nil {
+		switched, limited := st.settleRoute(req.Model)
+		if limited != nil {
+			st.phase = finished
+			return st.send(limited)
+		}
+		if switched {
+			m.add(headerPriority, strconv.Itoa(st.policy.Priority))
+		}
+	}
+	p = st.policy
 	answer := func() error {
 		switch end {
 		case endedOnHeaders:

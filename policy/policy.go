@@ -90,6 +90,25 @@ type Policy struct {
 	// Priority orders requests in the engine's queue, from MinPriority
 	// (lowest) to MaxPriority (highest). Default 5.
 	Priority int `yaml:"priority"`
+	// ModelRoutes are the routes Envoy may switch this request to once
+	// the body's model is known; the control plane fills them in.
+	ModelRoutes []ModelRoute `yaml:"-" json:"-"`
+}
+
+// ModelRoute is a route that matches on the model, which Envoy can choose
+// only after the ext_proc server has read the body, set ModelHeader and
+// cleared the route cache. The control plane lists with each route's
+// policy the model routes before it in its virtual host. For a request
+// whose client sent no ModelHeader, the ext_proc server applies the
+// policy of the first of them whose model is the body's and whose Match
+// fits the request: the route Envoy then takes.
+type ModelRoute struct {
+	Model string
+	// Match is the route's Envoy RouteMatch in proto JSON, without its
+	// ModelHeader matcher (this package stays free of Envoy's types).
+	Match json.RawMessage
+	// Policy is the route's own, with Route set and no ModelRoutes.
+	Policy Policy
 }
 
 // Default is the policy of a route that names none.
@@ -184,25 +203,42 @@ func validHeaderName(s string) bool {
 // wire is the JSON form: short stable names, durations as Go duration
 // strings so that a human reading Envoy's config dump understands them.
 type wire struct {
-	Route             string  `json:"route,omitempty"`
-	Cache             string  `json:"cache"`
-	TTL               string  `json:"ttl"`
-	SemanticThreshold float64 `json:"semantic_threshold"`
-	TenantHeader      string  `json:"tenant_header"`
-	APIKeyHeader      string  `json:"api_key_header"`
-	SharedCache       bool    `json:"shared_cache,omitempty"`
-	CacheNonDet       bool    `json:"cache_nondeterministic,omitempty"`
-	RequestsPerSecond float64 `json:"rps,omitempty"`
-	Burst             int     `json:"burst,omitempty"`
-	TokenBudget       int64   `json:"token_budget,omitempty"`
-	TokenWindow       string  `json:"token_window"`
-	Priority          int     `json:"priority"`
+	Route             string           `json:"route,omitempty"`
+	Cache             string           `json:"cache"`
+	TTL               string           `json:"ttl"`
+	SemanticThreshold float64          `json:"semantic_threshold"`
+	TenantHeader      string           `json:"tenant_header"`
+	APIKeyHeader      string           `json:"api_key_header"`
+	SharedCache       bool             `json:"shared_cache,omitempty"`
+	CacheNonDet       bool             `json:"cache_nondeterministic,omitempty"`
+	RequestsPerSecond float64          `json:"rps,omitempty"`
+	Burst             int              `json:"burst,omitempty"`
+	TokenBudget       int64            `json:"token_budget,omitempty"`
+	TokenWindow       string           `json:"token_window"`
+	Priority          int              `json:"priority"`
+	ModelRoutes       []wireModelRoute `json:"model_routes,omitempty"`
+}
+
+type wireModelRoute struct {
+	Model  string          `json:"model"`
+	Match  json.RawMessage `json:"match"`
+	Policy wire            `json:"policy"`
 }
 
 // Encode returns the compact JSON carried under MetadataKey. Normalize and
 // Validate the policy first; Encode writes what it is given.
 func (p Policy) Encode() string {
-	b, err := json.Marshal(wire{
+	b, err := json.Marshal(p.wire())
+	if err != nil {
+		// Only NaN or Inf floats, or a Match that is not JSON, make
+		// json.Marshal fail; Validate refuses them.
+		return "{}"
+	}
+	return string(b)
+}
+
+func (p Policy) wire() wire {
+	w := wire{
 		Route:             p.Route,
 		Cache:             p.Cache,
 		TTL:               p.TTL.String(),
@@ -216,12 +252,11 @@ func (p Policy) Encode() string {
 		TokenBudget:       p.TokenBudget,
 		TokenWindow:       p.TokenWindow.String(),
 		Priority:          p.Priority,
-	})
-	if err != nil {
-		// Only NaN or Inf floats make json.Marshal fail; Validate refuses them.
-		return "{}"
 	}
-	return string(b)
+	for _, mr := range p.ModelRoutes {
+		w.ModelRoutes = append(w.ModelRoutes, wireModelRoute{Model: mr.Model, Match: mr.Match, Policy: mr.Policy.wire()})
+	}
+	return w
 }
 
 // Decode parses what Encode wrote, fills in defaults for absent fields and
@@ -232,6 +267,26 @@ func Decode(s string) (Policy, error) {
 	if err := json.Unmarshal([]byte(s), &w); err != nil {
 		return Policy{}, fmt.Errorf("policy: %w", err)
 	}
+	p, err := w.policy()
+	if err != nil {
+		return Policy{}, err
+	}
+	for i, mr := range w.ModelRoutes {
+		mp, err := mr.Policy.policy()
+		if err != nil {
+			return Policy{}, fmt.Errorf("model_routes[%d]: %w", i, err)
+		}
+		if mr.Model == "" || len(mr.Match) == 0 {
+			return Policy{}, fmt.Errorf("policy: model_routes[%d]: model and match are required", i)
+		}
+		p.ModelRoutes = append(p.ModelRoutes, ModelRoute{Model: mr.Model, Match: mr.Match, Policy: mp})
+	}
+	return p, nil
+}
+
+// policy is w's own policy, defaulted and validated; its model routes are
+// left to Decode, as they nest only one level.
+func (w wire) policy() (Policy, error) {
 	p := Policy{
 		Route:                 w.Route,
 		Cache:                 w.Cache,

@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -14,11 +16,14 @@ func TestRoundTrip(t *testing.T) {
 	if err := p.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	big := Default()
+	big.Route, big.RequestsPerSecond, big.Burst = "big-model", 1, 1
+	p.ModelRoutes = []ModelRoute{{Model: "big", Match: json.RawMessage(`{"prefix":"/v1/"}`), Policy: big}}
 	got, err := Decode(p.Encode())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got != p {
+	if !reflect.DeepEqual(got, p) {
 		t.Fatalf("round trip changed the policy:\n got %+v\nwant %+v", got, p)
 	}
 	if got.Burst != 3 {
@@ -33,7 +38,7 @@ func TestDecodeFillsDefaults(t *testing.T) {
 	}
 	want := Default()
 	want.Route = "r"
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
 	if got.Cache != "exact" || got.TTL != 5*time.Minute || got.Priority != 5 || got.TenantHeader != "x-tenant-id" {
@@ -53,10 +58,35 @@ func TestDecodeRefusesBadInput(t *testing.T) {
 		`{"token_window":"-1m"}`:     "token_window:",
 		`{"token_budget":-5}`:        "token_budget:",
 		`{"api_key_header":":path"}`: "api_key_header:",
+		`{"model_routes":[{"model":"m","match":{},"policy":{"priority":0.5}}]}`: "policy:",
+		`{"model_routes":[{"model":"","match":{},"policy":{}}]}`:                "model_routes[0]",
+		`{"model_routes":[{"model":"m","policy":{}}]}`:                          "model_routes[0]",
+		`{"model_routes":[{"model":"m","match":{},"policy":{"cache":"x"}}]}`:    "model_routes[0]: policy: cache:",
 	} {
 		_, err := Decode(in)
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Decode(%s) = %v, want an error naming %q", in, err, want)
 		}
 	}
+}
+
+// Whatever arrives as metadata, Decode returns an error or a policy that
+// survives its own round trip unchanged.
+func FuzzDecode(f *testing.F) {
+	f.Add(`{"route":"r","cache":"semantic","ttl":"90s","rps":2.5,"token_budget":100}`)
+	f.Add(`{"model_routes":[{"model":"m","match":{"prefix":"/v1/"},"policy":{"route":"m","rps":1}}]}`)
+	f.Add(`{"ttl":"-1s"}`)
+	f.Fuzz(func(t *testing.T, in string) {
+		p, err := Decode(in)
+		if err != nil {
+			return
+		}
+		again, err := Decode(p.Encode())
+		if err != nil {
+			t.Fatalf("Decode(%s) accepted, but its encoding %s is refused: %v", in, p.Encode(), err)
+		}
+		if !reflect.DeepEqual(again, p) {
+			t.Fatalf("round trip of %s changed it:\n got %+v\nwant %+v", in, again, p)
+		}
+	})
 }

@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -22,6 +24,7 @@ import (
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -83,6 +86,12 @@ func adsSource() *corev3.ConfigSource {
 // builder packs messages into Any and keeps the first error (a string
 // that is not UTF-8, say), so that the build functions stay readable.
 type builder struct{ err error }
+
+func (b *builder) failf(format string, args ...any) {
+	if b.err == nil {
+		b.err = fmt.Errorf(format, args...)
+	}
+}
 
 func (b *builder) any(m proto.Message) *anypb.Any {
 	a, err := anypb.New(m)
@@ -369,10 +378,24 @@ func (b *builder) routeConfig(l config.XDSListener, policies map[string]policy.P
 	}
 	for _, vh := range l.VirtualHosts {
 		v := &routev3.VirtualHost{Name: vh.Name, Domains: vh.Domains}
+		// The model routes so far: Envoy may move a request to one of them
+		// once ext_proc has read its body, never to a later one.
+		var modelRoutes []policy.ModelRoute
 		for _, r := range vh.Routes {
 			p := policyOf(r, policies)
 			p.Route = r.Name
+			if r.Match.Model == "" {
+				// A route that matches on the model was chosen with the
+				// client's own model header: the body cannot move it.
+				p.ModelRoutes = modelRoutes
+			} else {
+				modelRoutes = append(modelRoutes, b.modelRoute(r, p))
+			}
 			enc := p.Encode()
+			if len(enc) > maxPolicyBytes {
+				b.failf("listener %q, route %q: its policy with %d model routes encodes to %d bytes, more than the %d a policy may take as gRPC metadata; put fewer model routes before it in virtual host %q",
+					l.Name, r.Name, len(p.ModelRoutes), len(enc), maxPolicyBytes, vh.Name)
+			}
 			key := routeKey(l.Name, vh.Name, r.Name)
 			br, ok := prev[key]
 			if !ok || br.policy != enc || !reflect.DeepEqual(br.cfg, r) {
@@ -390,6 +413,30 @@ func (b *builder) routeConfig(l config.XDSListener, policies map[string]policy.P
 		rc.VirtualHosts = append(rc.VirtualHosts, v)
 	}
 	return rc, used
+}
+
+// maxPolicyBytes bounds an encoded policy: it travels as one gRPC
+// metadata value, within the 60 KiB of headers Envoy and grpc-go accept
+// by default along with the stream's other metadata.
+const maxPolicyBytes = 16 << 10
+
+// modelRoute is r, a route that matches on the model, as the ext_proc
+// server matches it: Envoy's RouteMatch without the model header, and its
+// policy p.
+func (b *builder) modelRoute(r config.XDSRoute, p policy.Policy) policy.ModelRoute {
+	m := r.Match
+	m.Model = ""
+	js, err := protojson.Marshal(routeMatch(m))
+	if err != nil {
+		b.failf("route %q: cannot encode its match: %v", r.Name, err)
+	}
+	// protojson varies its spacing on purpose; the policy must encode
+	// the same way every time so that unchanged routes are not rebuilt.
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, js); err != nil {
+		b.failf("route %q: cannot encode its match: %v", r.Name, err)
+	}
+	return policy.ModelRoute{Model: r.Match.Model, Match: compact.Bytes(), Policy: p}
 }
 
 // policyOf is the policy route r names, else the one named default,

@@ -2,7 +2,9 @@ package xds
 
 import (
 	"fmt"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	earlyheaderv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/infergate/infergate/config"
@@ -203,5 +206,64 @@ func TestUntrustedHeadersCoverEveryRoutePolicy(t *testing.T) {
 	l.TrustTenantHeader = true
 	if got := untrustedHeaders(l, policies); got != nil {
 		t.Errorf("trusting listener removes %v, want none", got)
+	}
+}
+
+// A route's policy lists the model routes before it in its virtual host,
+// each with its match (minus the model header) and its own policy, so
+// that ext_proc can apply the policy of the route Envoy takes once the
+// body names the model; routes that match on the model list none.
+func TestRoutePolicyCarriesTheModelRoutesBeforeIt(t *testing.T) {
+	s := startServer(t, `engine:
+  listen: 127.0.0.1:1
+xds:
+  listeners:
+    - name: ingress
+      virtual_hosts:
+        - name: all
+          routes:
+            - {name: big, match: {prefix: /v1/, model: big}, pool: default, policy: strict}
+            - {name: main, match: {prefix: /}, pool: default}
+            - {name: late, match: {prefix: /, model: late}, pool: default}
+  policies:
+    strict: {requests_per_second: 1}
+`)
+	ads := dialADS(t, s.ADSAddr(), "infergate-envoy")
+	_, rs := ads.fetch(resourcev3.RouteType, "ingress")
+	routes := rs[0].(*routev3.RouteConfiguration).GetVirtualHosts()[0].GetRoutes()
+	main := routePolicy(t, routes[1])
+	if len(main.ModelRoutes) != 1 {
+		t.Fatalf("route main lists %d model routes, want 1 (big; late comes after it)", len(main.ModelRoutes))
+	}
+	mr := main.ModelRoutes[0]
+	var m routev3.RouteMatch
+	if err := protojson.Unmarshal(mr.Match, &m); err != nil {
+		t.Fatal(err)
+	}
+	if mr.Model != "big" || m.GetPrefix() != "/v1/" || len(m.GetHeaders()) != 0 {
+		t.Errorf("model route %s with match %v, want big on prefix /v1/ without the model header", mr.Model, &m)
+	}
+	if mr.Policy.Route != "big" || mr.Policy.RequestsPerSecond != 1 {
+		t.Errorf("model route policy %+v, want route big's policy strict", mr.Policy)
+	}
+	if big := routePolicy(t, routes[0]); len(big.ModelRoutes) != 0 {
+		t.Errorf("route big, chosen on the client's own model header, lists model routes %+v", big.ModelRoutes)
+	}
+}
+
+// A virtual host with so many model routes that a policy would not fit
+// in gRPC metadata is refused with the reason, and the last good config
+// keeps serving.
+func TestTooManyModelRoutesAreRefused(t *testing.T) {
+	s := startServer(t, "engine:\n  listen: 127.0.0.1:1\n")
+	var routes []string
+	for i := range 200 {
+		routes = append(routes, fmt.Sprintf(`{"name": "m%d", "match": {"regex": "/v1/(embeddings|chat/completions|completions)/%d", "model": "model-%d"}, "pool": "default"}`, i, i, i))
+	}
+	routes = append(routes, `{"name": "main", "pool": "default"}`)
+	var out struct{ Error string }
+	code := adminDo(t, s, "PUT", "/v1/config", `{"listeners": [{"name": "ingress", "virtual_hosts": [{"name": "all", "routes": [`+strings.Join(routes, ",")+`]}]}]}`, &out)
+	if code != http.StatusUnprocessableEntity || !strings.Contains(out.Error, "gRPC metadata") {
+		t.Fatalf("PUT config with 200 model routes: %d %q, want 422 naming the gRPC metadata limit", code, out.Error)
 	}
 }

@@ -461,3 +461,46 @@ func TestClientTenantHeaderIgnoredUnlessTrusted(t *testing.T) {
 		}
 	}
 }
+
+// A route that matches on the model keeps its own policy for clients that
+// name the model only in the body, as OpenAI clients do: ext_proc applies
+// the policy of the route Envoy takes once the body is read, and of no
+// model route whose path does not fit.
+func TestModelRoutePolicyAppliesToUnchangedClients(t *testing.T) {
+	a, b := upstream(t, "a"), upstream(t, "b")
+	s := startStack(t, `  policies:
+    default: {cache: off}
+    big: {cache: off, requests_per_second: 0.01, burst: 1}
+  listeners:
+    - name: ingress
+      address: 127.0.0.1:0
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - name: big-model
+              match: {prefix: /v2/, model: big}
+              pool: b
+              policy: big
+            - name: main
+              match: {prefix: /}
+              pool: a
+`+twoPools(a, b))
+	send := func(path, model string) reply {
+		return s.send(t, "POST", path, fmt.Sprintf(`{"model":%q,"input":"hello"}`, model), "Content-Type", "application/json", "Authorization", "Bearer k")
+	}
+	if r := send("/v2/embeddings", "big"); r.status != http.StatusOK || r.servedBy != "b" {
+		t.Fatalf("first big request: %d from %q, want 200 from b: %s", r.status, r.servedBy, r.body)
+	}
+	if r := send("/v2/embeddings", "big"); r.status != http.StatusTooManyRequests {
+		t.Fatalf("second big request: %d from %q, want 429 from route big-model's burst of 1", r.status, r.servedBy)
+	}
+	for i := range 3 {
+		if r := send("/v1/embeddings", "big"); r.status != http.StatusOK || r.servedBy != "a" {
+			t.Fatalf("big on /v1/ (request %d): %d from %q, want 200 from a: the model route is /v2/ only", i, r.status, r.servedBy)
+		}
+		if r := send("/v2/embeddings", "small"); r.status != http.StatusOK || r.servedBy != "a" {
+			t.Fatalf("small (request %d): %d from %q, want 200 from a, unlimited", i, r.status, r.servedBy)
+		}
+	}
+}
