@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +22,11 @@ type XDS struct {
 	// Admin is the HTTP address of the admin API, /metrics, /healthz and
 	// /readyz. Default 127.0.0.1:18001.
 	Admin string `yaml:"admin"`
+	// Kubeconfig is the file the control plane uses to follow the
+	// EndpointSlices of pools that name a Kubernetes Service. Default
+	// empty: the pod's service account, else $KUBECONFIG or
+	// ~/.kube/config.
+	Kubeconfig string `yaml:"kubeconfig"`
 	// AdminTokenFile holds the bearer token the admin API requires on
 	// /v1/ (read once at start). Default empty: no token, so keep admin
 	// on loopback.
@@ -165,11 +171,27 @@ type XDSPool struct {
 	// Endpoints are static host:port members; engines may also register
 	// themselves over the admin API.
 	Endpoints []string `yaml:"endpoints"`
+	// Kubernetes, when its Service is set, adds the ready endpoints of
+	// that Service's EndpointSlices, followed live.
+	Kubernetes XDSKubernetes `yaml:"kubernetes"`
 	// ConnectTimeout defaults to 1s.
 	ConnectTimeout  time.Duration      `yaml:"connect_timeout"`
 	HealthCheck     XDSHealthCheck     `yaml:"health_check"`
 	Outlier         XDSOutlier         `yaml:"outlier_detection"`
 	CircuitBreakers XDSCircuitBreakers `yaml:"circuit_breakers"`
+}
+
+// XDSKubernetes names the Service whose EndpointSlices list a pool's
+// engines.
+type XDSKubernetes struct {
+	// Service is the Service's name. Default empty: no EndpointSlices.
+	Service string `yaml:"service"`
+	// Namespace is the Service's namespace. Default: the control plane's
+	// own (in a pod), else "default".
+	Namespace string `yaml:"namespace"`
+	// Port picks the slice's port by name or number. Default: its only
+	// port (a Service with several must name one).
+	Port string `yaml:"port"`
 }
 
 // XDSHealthCheck is the pool's active HTTP health check.
@@ -590,6 +612,17 @@ func (p *XDSPool) validate(path string) error {
 	if p.ConnectTimeout < 0 {
 		add(path+".connect_timeout", "%s is negative", p.ConnectTimeout)
 	}
+	if k := p.Kubernetes; k.Service != "" || k.Namespace != "" || k.Port != "" {
+		if !dnsLabel.MatchString(k.Service) {
+			add(path+".kubernetes.service", "%q is not a Service name (lower-case DNS label)", k.Service)
+		}
+		if k.Namespace != "" && !dnsLabel.MatchString(k.Namespace) {
+			add(path+".kubernetes.namespace", "%q is not a namespace name (lower-case DNS label)", k.Namespace)
+		}
+		if n, err := strconv.Atoi(k.Port); k.Port != "" && (err == nil && (n < 1 || n > 65535) || err != nil && !dnsLabel.MatchString(k.Port)) {
+			add(path+".kubernetes.port", "%q is neither a port number nor a port name", k.Port)
+		}
+	}
 	h := p.HealthCheck
 	if !strings.HasPrefix(h.Path, "/") {
 		add(path+".health_check.path", "%q must start with /", h.Path)
@@ -621,6 +654,10 @@ var retryConditions = func() map[string]bool {
 }()
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+// dnsLabel is an RFC 1123 label, as Kubernetes names Services,
+// namespaces and ports.
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 func validName(s string) bool { return namePattern.MatchString(s) }
 

@@ -54,6 +54,8 @@ func TestXDSErrorsNameFieldAndLine(t *testing.T) {
   pools:
     - name: cpu
       endpoints: [localhost, "engine.local:8080"]
+    - name: k8s
+      kubernetes: {service: Engines, namespace: ml, port: "70000"}
 `
 	_, err := Parse("infergate.yaml", []byte(src))
 	if err == nil {
@@ -71,6 +73,8 @@ func TestXDSErrorsNameFieldAndLine(t *testing.T) {
 		`xds.policies.bad.cache (line 18): "maybe" is not one of off, exact, semantic`,
 		`xds.pools[0].endpoints[0] (line 21): "localhost" is not host:port`,
 		`xds.pools[0].endpoints[1] (line 21): EDS carries IP addresses, not the host name "engine.local"`,
+		`xds.pools[1].kubernetes.service (line 23): "Engines" is not a Service name`,
+		`xds.pools[1].kubernetes.port (line 23): "70000" is neither a port number nor a port name`,
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error does not contain %q:\n%s", want, msg)

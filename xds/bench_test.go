@@ -74,7 +74,7 @@ func BenchmarkSnapshotBuild(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				s, err := newServer(cfg, "", slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+				s, err := newServer(cfg, "", slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry(), nil)
 				if err != nil {
 					b.Fatal(err)
 				}

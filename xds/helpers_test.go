@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/infergate/infergate/config"
+	"github.com/infergate/infergate/xds/endpointslice"
 
 	// The grpc-go xDS client: an independent consumer of our ADS.
 	grpcxds "google.golang.org/grpc/xds"
@@ -57,8 +58,14 @@ func startServer(t testing.TB, configYAML string) *testServer {
 // startConfig serves cfg on free ports, watching path when it is not empty.
 func startConfig(t testing.TB, cfg config.Config, path string) *testServer {
 	t.Helper()
+	return startWithKube(t, cfg, path, nil)
+}
+
+// startWithKube is startConfig with kube as the Kubernetes API.
+func startWithKube(t testing.TB, cfg config.Config, path string, kube endpointslice.API) *testServer {
+	t.Helper()
 	cfg.XDS.Listen, cfg.XDS.Admin = "127.0.0.1:0", "127.0.0.1:0"
-	s, err := newServer(cfg, path, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	s, err := newServer(cfg, path, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry(), kube)
 	if err != nil {
 		t.Fatal(err)
 	}

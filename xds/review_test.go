@@ -52,7 +52,7 @@ func TestPoolNamedLikeTheExtProcClusterIsRefused(t *testing.T) {
 	cfg.XDS.Listeners = []config.XDSListener{{Name: "ingress", VirtualHosts: []config.XDSVirtualHost{{
 		Name: "all", Routes: []config.XDSRoute{{Name: "main", Pool: ExtProcCluster}},
 	}}}}
-	_, err := newServer(cfg, "", slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	_, err := newServer(cfg, "", slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry(), nil)
 	if err == nil || !strings.Contains(err.Error(), `xds.pools[0].name: "infergate-extproc" is reserved`) {
 		t.Fatalf("got %v, want the pool name refused", err)
 	}

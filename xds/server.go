@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 
 	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/internal/ops"
+	"github.com/infergate/infergate/xds/endpointslice"
 )
 
 // revision is one accepted version of the routing model.
@@ -56,6 +58,10 @@ type Server struct {
 	pub        *publisher
 	cache      *nackGuard
 	endpoints  *registry
+	// slices follows the Kubernetes Services pools name; nil until the
+	// first config that names one.
+	slices     *endpointslice.Watcher
+	kubeClient func() (endpointslice.API, error)
 	adminToken string
 
 	// mu serialises changes: build, validate, publish, record.
@@ -75,10 +81,12 @@ type Server struct {
 // New builds and validates the first snapshot from cfg; configPath (may be
 // empty) is the file to watch for changes.
 func New(cfg config.Config, configPath string, log *slog.Logger) (*Server, error) {
-	return newServer(cfg, configPath, log, ops.NewRegistry())
+	return newServer(cfg, configPath, log, ops.NewRegistry(), nil)
 }
 
-func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prometheus.Registry) (*Server, error) {
+// newServer is New with the metrics on reg and, when kube is not nil, the
+// Kubernetes API it gives.
+func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prometheus.Registry, kube endpointslice.API) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -95,12 +103,21 @@ func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prom
 		pub:       newPublisher(snapshots),
 		cache:     &nackGuard{SnapshotCache: snapshots, tracker: t},
 		endpoints: newRegistry(), adminToken: token,
+		kubeClient: func() (endpointslice.API, error) {
+			if kube != nil {
+				return kube, nil
+			}
+			return endpointslice.NewClient(cfg.XDS.Kubeconfig)
+		},
 		ctx: ctx, cancel: cancel,
 	}
 	t.firstSeen = s.pub.addNode
 	t.gone = s.pub.removeNode
 	if _, err := s.apply(modelOf(cfg), "startup", "initial config"); err != nil {
 		cancel()
+		if s.slices != nil {
+			s.slices.Close()
+		}
 		return nil, fmt.Errorf("xds: %w", err)
 	}
 	return s, nil
@@ -180,6 +197,12 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}
 	wg.Wait()
+	s.mu.Lock()
+	followed := s.slices
+	s.mu.Unlock()
+	if followed != nil {
+		followed.Close()
+	}
 	return err
 }
 
@@ -219,10 +242,14 @@ func (s *Server) applyLocked(m model, source, note string, describe func(error) 
 	err := m.routing.ValidateRouting()
 	var res *resources
 	if err == nil {
-		res, err = build(m, s.endpoints.addresses(), s.res)
+		res, err = build(m, s.endpointAddressesLocked(), s.res)
 	}
 	if err == nil {
 		err = check(res)
+	}
+	if err == nil {
+		// The slices' endpoints arrive through endpointsChanged.
+		err = s.followSlicesLocked(m.routing.Pools)
 	}
 	if err != nil {
 		return 0, s.rejectLocked(source, describe(err))
@@ -250,13 +277,45 @@ func (s *Server) rejectLocked(source string, err error) error {
 	return err
 }
 
-// endpointsChanged republishes the current model with the registry's
+// followSlicesLocked follows the Services of the pools that name one,
+// connecting to the Kubernetes API the first time a pool does.
+func (s *Server) followSlicesLocked(pools []config.XDSPool) error {
+	if s.slices == nil {
+		if !slices.ContainsFunc(pools, func(p config.XDSPool) bool { return p.Kubernetes.Service != "" }) {
+			return nil
+		}
+		client, err := s.kubeClient()
+		if err != nil {
+			return fmt.Errorf("xds.pools: a pool names a Kubernetes Service, but %w", err)
+		}
+		s.slices = endpointslice.NewWatcher(client, s.endpointsChanged, s.log.With("source", "endpointslices"))
+	}
+	s.slices.Sync(pools)
+	return nil
+}
+
+// endpointAddressesLocked merges the dynamic endpoint sources: engines
+// that registered and the EndpointSlices followed.
+func (s *Server) endpointAddressesLocked() map[string][]string {
+	addrs := s.endpoints.addresses()
+	if s.slices != nil {
+		for pool, a := range s.slices.Addresses() {
+			addrs[pool] = append(addrs[pool], a...)
+		}
+	}
+	return addrs
+}
+
+// endpointsChanged republishes the current model with the dynamic
 // endpoints. The routing model (and its version) stays the same.
 func (s *Server) endpointsChanged() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.res == nil {
+		return // the first config was refused; New failed
+	}
 	start := time.Now()
-	res, err := s.res.withEndpoints(s.model, s.endpoints.addresses())
+	res, err := s.res.withEndpoints(s.model, s.endpointAddressesLocked())
 	if err != nil {
 		// Registered endpoints are checked on the way in, so the model
 		// that was valid a moment ago cannot fail here; keep serving it.
