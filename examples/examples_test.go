@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -18,6 +19,8 @@ import (
 // uses, with placeholders such as ${POD_IP} filled in as a deployment would.
 func TestExampleConfigsParse(t *testing.T) {
 	files, _ := filepath.Glob("*/*.yaml")
+	// Kubernetes manifests hold their configs in ConfigMaps; see below.
+	files = slices.DeleteFunc(files, func(f string) bool { return filepath.Dir(f) == "kubernetes" })
 	if len(files) < 4 {
 		t.Fatalf("found only %v", files)
 	}
