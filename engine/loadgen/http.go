@@ -148,12 +148,12 @@ func (t *Target) Rate(ctx context.Context, o Options, rate float64) (Result, err
 	return res, err
 }
 
-// run measures and adds the engine's mean batch size over the reported
-// windows.
+// run measures and adds, from the engine's /metrics over the reported
+// windows, its mean batch size, queue wait and batch run time.
 func (t *Target) run(ctx context.Context, o Options, start func(*recorder) func()) (Result, error) {
 	var (
 		mu     sync.Mutex
-		scrape []batchCounters
+		scrape []engineCounters
 	)
 	// Scrape the batch counters at each window edge in the background;
 	// the windows are known only afterwards.
@@ -163,7 +163,7 @@ func (t *Target) run(ctx context.Context, o Options, start func(*recorder) func(
 		tick := time.NewTicker(250 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if b, err := t.batchCounters(sctx); err == nil {
+			if b, err := t.engineCounters(sctx); err == nil {
 				mu.Lock()
 				scrape = append(scrape, b)
 				mu.Unlock()
@@ -183,20 +183,33 @@ func (t *Target) run(ctx context.Context, o Options, start func(*recorder) func(
 	mu.Lock()
 	defer mu.Unlock()
 	first, last := nearest(scrape, ws[0].from), nearest(scrape, ws[len(ws)-1].to)
-	if batches := last.count - first.count; batches > 0 {
-		res.MeanBatch = (last.sum - first.sum) / batches
+	mean := func(name string, scale float64) float64 {
+		if n := last.v[name+"_count"] - first.v[name+"_count"]; n > 0 {
+			return scale * (last.v[name+"_sum"] - first.v[name+"_sum"]) / n
+		}
+		return 0
 	}
+	res.MeanBatch = mean("infergate_engine_batch_size", 1)
+	res.QueueMs = mean("infergate_engine_queue_duration_seconds", 1000)
+	res.BatchMs = mean("infergate_engine_compute_duration_seconds", 1000)
 	return res, nil
 }
 
-// batchCounters are the engine's infergate_engine_batch_size sum and count.
-type batchCounters struct {
-	at         time.Time
-	sum, count float64
+// engineCounters are the sums and counts of the engine's batch size,
+// queue and compute histograms for the target's model, by series name.
+type engineCounters struct {
+	at time.Time
+	v  map[string]float64
 }
 
-func nearest(bs []batchCounters, at time.Time) batchCounters {
-	var best batchCounters
+var engineSeries = []string{
+	"infergate_engine_batch_size_sum", "infergate_engine_batch_size_count",
+	"infergate_engine_queue_duration_seconds_sum", "infergate_engine_queue_duration_seconds_count",
+	"infergate_engine_compute_duration_seconds_sum", "infergate_engine_compute_duration_seconds_count",
+}
+
+func nearest(bs []engineCounters, at time.Time) engineCounters {
+	var best engineCounters
 	bestGap := time.Duration(1<<63 - 1)
 	for _, b := range bs {
 		gap := b.at.Sub(at)
@@ -210,24 +223,24 @@ func nearest(bs []batchCounters, at time.Time) batchCounters {
 	return best
 }
 
-func (t *Target) batchCounters(ctx context.Context) (batchCounters, error) {
+func (t *Target) engineCounters(ctx context.Context) (engineCounters, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.URL+"/metrics", nil)
 	if err != nil {
-		return batchCounters{}, err
+		return engineCounters{}, err
 	}
 	resp, err := t.client(1).Do(req)
 	if err != nil {
-		return batchCounters{}, err
+		return engineCounters{}, err
 	}
 	defer resp.Body.Close()
-	b := batchCounters{at: time.Now()}
+	b := engineCounters{at: time.Now(), v: map[string]float64{}}
 	label := fmt.Sprintf(`{model=%q}`, t.Model)
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		line := sc.Text()
-		for name, dst := range map[string]*float64{"infergate_engine_batch_size_sum": &b.sum, "infergate_engine_batch_size_count": &b.count} {
+		for _, name := range engineSeries {
 			if v, ok := strings.CutPrefix(line, name+label+" "); ok {
-				*dst, _ = strconv.ParseFloat(v, 64)
+				b.v[name], _ = strconv.ParseFloat(v, 64)
 			}
 		}
 	}

@@ -81,8 +81,13 @@ type Result struct {
 	// MeanBatch is the engine's mean items per batch over the reported
 	// windows, when its /metrics could be read.
 	MeanBatch float64 `json:"mean_batch,omitempty"`
-	Windows   int     `json:"windows"`
-	Stable    bool    `json:"stable"`
+	// QueueMs is the engine's mean wait of a request in its queue, and
+	// BatchMs its mean run time of a batch, in ms: with MeanMs they show
+	// where a request's time goes (the rest is HTTP, JSON and the client).
+	QueueMs float64 `json:"engine_queue_ms,omitempty"`
+	BatchMs float64 `json:"engine_batch_ms,omitempty"`
+	Windows int     `json:"windows"`
+	Stable  bool    `json:"stable"`
 }
 
 // sample is one completed request (or ceiling batch).

@@ -6,6 +6,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -41,6 +42,9 @@ func fakeEngine(t *testing.T) (*httptest.Server, *atomic.Int64) {
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
 		n := served.Load()
 		fmt.Fprintf(w, "infergate_engine_batch_size_sum{model=\"m\"} %d\ninfergate_engine_batch_size_count{model=\"m\"} %d\n", 2*n, n)
+		// Each request waited 1 ms in the queue; each batch ran 2 ms.
+		fmt.Fprintf(w, "infergate_engine_queue_duration_seconds_sum{model=\"m\"} %g\ninfergate_engine_queue_duration_seconds_count{model=\"m\"} %d\n", 0.001*float64(n), n)
+		fmt.Fprintf(w, "infergate_engine_compute_duration_seconds_sum{model=\"m\"} %g\ninfergate_engine_compute_duration_seconds_count{model=\"m\"} %d\n", 0.002*float64(n), n)
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
@@ -62,6 +66,9 @@ func TestConcurrencySweepPoint(t *testing.T) {
 	}
 	if r.MeanBatch < 1.9 || r.MeanBatch > 2.1 {
 		t.Fatalf("mean batch %v from /metrics, want 2", r.MeanBatch)
+	}
+	if math.Abs(r.QueueMs-1) > 0.01 || math.Abs(r.BatchMs-2) > 0.01 {
+		t.Fatalf("engine queue %v ms and batch %v ms from /metrics, want 1 and 2", r.QueueMs, r.BatchMs)
 	}
 }
 

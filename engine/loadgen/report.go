@@ -19,7 +19,8 @@ import (
 )
 
 var csvHeader = []string{"mode", "load", "concurrency", "rate", "batch_size", "requests", "errors", "throughput",
-	"mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_batch", "cpu_per_s", "items_per_cpu_s", "windows", "stable"}
+	"mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_batch", "cpu_per_s", "items_per_cpu_s", "windows", "stable",
+	"engine_queue_ms", "engine_batch_ms"}
 
 // WriteCSV writes one row per result.
 func WriteCSV(w io.Writer, results []Result) error {
@@ -30,7 +31,7 @@ func WriteCSV(w io.Writer, results []Result) error {
 		_ = cw.Write([]string{r.Mode, r.Load, strconv.Itoa(r.Concurrency), f(r.Rate), strconv.Itoa(r.BatchSize),
 			strconv.Itoa(r.Requests), strconv.Itoa(r.Errors), f(r.Throughput), f(r.MeanMs), f(r.P50Ms), f(r.P90Ms),
 			f(r.P95Ms), f(r.P99Ms), f(r.MeanBatch), f(r.CPUSeconds), f(r.ItemsPerCPUSecond), strconv.Itoa(r.Windows),
-			strconv.FormatBool(r.Stable)})
+			strconv.FormatBool(r.Stable), f(r.QueueMs), f(r.BatchMs)})
 	}
 	cw.Flush()
 	return cw.Error()
@@ -46,12 +47,21 @@ func WriteJSON(w io.Writer, results []Result) error {
 // WriteTable writes a human-readable table.
 func WriteTable(w io.Writer, results []Result) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tload\titems/s\titems/cpu-s\tp50 ms\tp90 ms\tp95 ms\tp99 ms\tmean batch\terrors\tstable\t")
+	fmt.Fprintln(tw, "mode\tload\titems/s\titems/cpu-s\tmean ms\tp50 ms\tp90 ms\tp95 ms\tp99 ms\tmean batch\tqueue ms\tbatch ms\terrors\tstable\t")
 	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t%d\t%v\t\n", r.Mode, loadLabel(r), r.Throughput,
-			r.ItemsPerCPUSecond, r.P50Ms, r.P90Ms, r.P95Ms, r.P99Ms, meanBatch(r), r.Errors, r.Stable)
+		fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.1f\t%.2f\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t%s\t%s\t%d\t%v\t\n", r.Mode, loadLabel(r), r.Throughput,
+			r.ItemsPerCPUSecond, r.MeanMs, r.P50Ms, r.P90Ms, r.P95Ms, r.P99Ms, meanBatch(r), engineMs(r.QueueMs), engineMs(r.BatchMs), r.Errors, r.Stable)
 	}
 	return tw.Flush()
+}
+
+// engineMs is a mean read from the engine's /metrics; "-" when it could
+// not be read (the ceiling has no engine).
+func engineMs(v float64) string {
+	if v == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(v, 'f', 2, 64)
 }
 
 func loadLabel(r Result) string {

@@ -121,6 +121,17 @@ def main():
             pct = f"{100 * d[0] / at:.0f} %" if d[0] and at else ""
             lines.append(f"| {c} | {d[0]} | {d[1]} | {b if b is not None else ''} | {pct} | {u[0]} | {u[1]} | {ratio} |")
         lines.append("")
+    split = [r for r in dyn or [] if num(r.get("engine_batch_ms"))]
+    if split:
+        # Where a request's mean latency goes: the engine's own histograms
+        # for its queue and its batch run; the rest is HTTP, JSON and the
+        # load generator.
+        lines += ["### Dynamic batching: where a request's time goes", "",
+                  "| concurrency | mean ms | engine queue ms | batch run ms | rest ms |", "|---|---|---|---|---|"]
+        for r in split:
+            mean, q, b = num(r.get("mean_ms")), num(r.get("engine_queue_ms")) or 0, num(r.get("engine_batch_ms"))
+            lines.append(f"| {r.get('concurrency')} | {mean:.2f} | {q:.2f} | {b:.2f} | {mean - q - b:.2f} |")
+        lines.append("")
     for name in sorted(os.listdir(out)):
         if not (name.startswith("bench-dynamic-delay-") and name.endswith(".csv")):
             continue
