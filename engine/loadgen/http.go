@@ -29,16 +29,32 @@ type Target struct {
 	Client *http.Client
 
 	next atomic.Uint64
+
+	mu       sync.Mutex
+	own      *http.Client // the default client, for up to ownConns
+	ownConns int
 }
 
+// client is Client, or one that keeps an idle connection for each of
+// conns concurrent requests. It grows with the load: a sweep goes from few
+// clients to many, and connections it cannot keep are closed after every
+// request and dialed again, which would measure TCP set-up, not the engine.
 func (t *Target) client(conns int) *http.Client {
-	if t.Client == nil {
+	if t.Client != nil {
+		return t.Client
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.own == nil || t.ownConns < conns {
+		if t.own != nil {
+			t.own.CloseIdleConnections()
+		}
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConns = conns + 16
 		tr.MaxIdleConnsPerHost = conns + 16
-		t.Client = &http.Client{Transport: tr, Timeout: 2 * time.Minute}
+		t.own, t.ownConns = &http.Client{Transport: tr, Timeout: 2 * time.Minute}, conns
 	}
-	return t.Client
+	return t.own
 }
 
 func (t *Target) body() ([]byte, int) {

@@ -245,3 +245,20 @@ func TestCorpusIsDistinct(t *testing.T) {
 		seen[s] = true
 	}
 }
+
+// A sweep from one client to many keeps an idle connection per client at
+// every point: a batching engine answers in bursts, and a connection the
+// pool cannot keep is closed and dialed again, which measures TCP set-up.
+func TestClientGrowsWithTheSweep(t *testing.T) {
+	target := &Target{URL: "http://127.0.0.1:1", Model: "m"}
+	idle := func(c int) int { return target.client(c).Transport.(*http.Transport).MaxIdleConnsPerHost }
+	if got := idle(1); got < 1 {
+		t.Fatalf("c=1: %d idle connections kept", got)
+	}
+	if got := idle(256); got < 256 {
+		t.Fatalf("c=256 after c=1: %d idle connections kept, want at least 256", got)
+	}
+	if got := idle(8); got < 256 {
+		t.Fatalf("c=8 after c=256: %d idle connections kept; the client should not shrink", got)
+	}
+}
