@@ -65,6 +65,16 @@ xds:
 	s := startWithKube(t, cfg, "", kube)
 	cc := grpcClient(t, s.ADSAddr(), "k8s-client", "ingress")
 	servedBy(t, cc, a)
+	endpoints := func(want string) {
+		t.Helper()
+		eventually(t, "the pool's endpoint gauge", func() error {
+			if got := grepLines(scrape(t, s), `infergate_xds_pool_endpoints{pool="engines"}`); got != `infergate_xds_pool_endpoints{pool="engines"} `+want {
+				return fmt.Errorf("got %q, want %s", got, want)
+			}
+			return nil
+		})
+	}
+	endpoints("1")
 
 	slices := kube.DiscoveryV1().EndpointSlices("ml")
 	ctx := context.Background()
@@ -86,6 +96,7 @@ xds:
 		}
 		return nil
 	})
+	endpoints("0")
 
 	// A slice of another Service in the namespace is not the pool's.
 	other := engineSlice(t, "web-1", a, ptr.To(true))

@@ -256,6 +256,7 @@ func (s *Server) applyLocked(m model, source, note string, describe func(error) 
 	}
 	s.pub.publish(res)
 	s.model, s.res = m, res
+	s.recordEndpointsLocked()
 	for _, g := range s.endpoints.dropPoolsExcept(m.routing.Pools) {
 		s.log.Info("engine deregistered: its pool was removed", "pool", g.Pool, "address", g.Address)
 	}
@@ -324,7 +325,21 @@ func (s *Server) endpointsChanged() {
 	}
 	s.pub.publish(res)
 	s.res = res
+	s.recordEndpointsLocked()
 	s.m.buildSeconds.Observe(time.Since(start).Seconds())
+}
+
+// recordEndpointsLocked sets each pool's endpoint gauge from what was
+// published; removed pools lose their series.
+func (s *Server) recordEndpointsLocked() {
+	s.m.poolEndpoints.Reset()
+	for pool, la := range s.res.endpoints {
+		n := 0
+		for _, le := range la.GetEndpoints() {
+			n += len(le.GetLbEndpoints())
+		}
+		s.m.poolEndpoints.WithLabelValues(pool).Set(float64(n))
+	}
 }
 
 // expireLoop drops registered engines whose heartbeat stopped.

@@ -23,6 +23,7 @@ type metrics struct {
 	rejections     *prometheus.CounterVec
 	nodeStatus     *prometheus.GaugeVec
 	configVersion  prometheus.Gauge
+	poolEndpoints  *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -59,8 +60,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		configVersion: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "infergate_xds_config_version", Help: "Version of the config being served.",
 		}),
+		poolEndpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "infergate_xds_pool_endpoints",
+			Help: "Endpoints each pool has in EDS (config, registered engines and EndpointSlices together); 0 means its routes answer 503.",
+		}, []string{"pool"}),
 	}
-	reg.MustRegister(m.connectedNodes, m.pushes, m.acks, m.nacks, m.pushToAck, m.buildSeconds, m.rejections, m.nodeStatus, m.configVersion)
+	reg.MustRegister(m.connectedNodes, m.pushes, m.acks, m.nacks, m.pushToAck, m.buildSeconds, m.rejections, m.nodeStatus, m.configVersion, m.poolEndpoints)
 	return m
 }
 
