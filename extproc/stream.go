@@ -192,8 +192,9 @@ func (st *stream) handle(req *extprocv3.ProcessingRequest) (string, error) {
 	}
 }
 
-// requestHeaders reads the policy and the tenant, enforces rate limits and,
-// for a request without body, looks it up at once.
+// requestHeaders reads the policy and the tenant, enforces rate limits
+// (after the body instead, when the body's model may move the request to
+// a model route) and, for a request without body, looks it up at once.
 func (st *stream) requestHeaders(hm *extprocv3.HttpHeaders) error {
 	rp, err := st.s.policies.streamPolicy(st.ctx)
 	if err != nil {
