@@ -56,7 +56,7 @@ func NewClient(kubeconfig string) (API, error) {
 	}
 	cfg.UserAgent = "infergate-xds"
 	// A scheme of discovery.k8s.io/v1 alone: client-go's generated
-	// clientset registers every API group, some 30 MB of binary for one
+	// clientset registers every API group, some 50 MB of binary for one
 	// resource read.
 	scheme := runtime.NewScheme()
 	if err := discoveryv1.AddToScheme(scheme); err != nil {
@@ -92,9 +92,9 @@ func (a *restAPI) Watch(ctx context.Context, namespace string, opts metav1.ListO
 // serviceAccountNamespace is where a pod finds its own namespace.
 const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
-// DefaultNamespace is the namespace of a pool that names none: the
+// defaultNamespace is the namespace of a pool that names none: the
 // control plane's own in a pod, else "default".
-func DefaultNamespace() string {
+func defaultNamespace() string {
 	if b, err := os.ReadFile(serviceAccountNamespace); err == nil && strings.TrimSpace(string(b)) != "" {
 		return strings.TrimSpace(string(b))
 	}
@@ -144,7 +144,7 @@ func (w *Watcher) Sync(pools []config.XDSPool) {
 			continue
 		}
 		if src.Namespace == "" {
-			src.Namespace = DefaultNamespace()
+			src.Namespace = defaultNamespace()
 		}
 		keep[p.Name] = true
 		if old := w.watches[p.Name]; old != nil {
