@@ -21,8 +21,9 @@ import (
 
 // manyRoutes is a config with n routes over four pools and two policies:
 // path prefixes, a header match on every third route and a canary split
-// on every tenth.
-func manyRoutes(n int) string {
+// on every tenth. The first models routes also match on a model, so every
+// later route's policy carries them.
+func manyRoutes(n, models int) string {
 	var b strings.Builder
 	b.WriteString(`engine:
   listen: 127.0.0.1:1
@@ -46,6 +47,9 @@ xds:
 		if i%3 == 0 {
 			fmt.Fprintf(&b, ", headers: [{name: x-tenant-id, exact: t%d}]", i)
 		}
+		if i < models {
+			fmt.Fprintf(&b, ", model: m%d", i)
+		}
 		b.WriteString("}\n")
 		if i%10 == 0 {
 			fmt.Fprintf(&b, "              destinations: [{pool: p%d, weight: 90}, {pool: p%d, weight: 10}]\n", i%4, (i+1)%4)
@@ -63,14 +67,18 @@ xds:
 // changed=all every route differs from the last build (the cost of a cold
 // start); with changed=1 one route does (an operator's edit).
 func BenchmarkSnapshotBuild(b *testing.B) {
-	for _, n := range []int{100, 1000, 10000} {
+	for _, tc := range []struct{ routes, models int }{{100, 0}, {1000, 0}, {10000, 0}, {1000, 20}} {
+		n := tc.routes
 		for _, all := range []bool{true, false} {
 			name := fmt.Sprintf("routes=%d/changed=1", n)
 			if all {
 				name = fmt.Sprintf("routes=%d/changed=all", n)
 			}
+			if tc.models > 0 {
+				name += fmt.Sprintf("/model_routes=%d", tc.models)
+			}
 			b.Run(name, func(b *testing.B) {
-				cfg, err := config.Parse("bench.yaml", []byte(manyRoutes(n)))
+				cfg, err := config.Parse("bench.yaml", []byte(manyRoutes(n, tc.models)))
 				if err != nil {
 					b.Fatal(err)
 				}

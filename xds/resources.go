@@ -352,11 +352,15 @@ func (b *builder) apiListener(l config.XDSListener, e config.XDSExtProc) *listen
 // builtRoute is one route as built, kept from build to build so that an
 // unchanged route is neither built nor validated again.
 type builtRoute struct {
-	cfg       config.XDSRoute
-	policy    string // the encoded policy
-	route     *routev3.Route
-	hash      uint64
-	validated bool // by check, in an earlier build or this one
+	cfg    config.XDSRoute
+	policy string // the encoded policy
+	// base is the policy encoded without its model routes, and models
+	// what those were (modelRoutesKey), so that a route whose inputs did
+	// not change is not encoded again.
+	base, models string
+	route        *routev3.Route
+	hash         uint64
+	validated    bool // by check, in an earlier build or this one
 }
 
 func routeKey(listener, vhost, route string) string {
@@ -380,26 +384,35 @@ func (b *builder) routeConfig(l config.XDSListener, policies map[string]policy.P
 		v := &routev3.VirtualHost{Name: vh.Name, Domains: vh.Domains}
 		// The model routes so far: Envoy may move a request to one of them
 		// once ext_proc has read its body, never to a later one.
-		var modelRoutes []policy.ModelRoute
+		var (
+			modelRoutes []policy.ModelRoute
+			modelsKey   string
+		)
 		for _, r := range vh.Routes {
 			p := policyOf(r, policies)
 			p.Route = r.Name
+			base, models := p.Encode(), ""
 			if r.Match.Model == "" {
 				// A route that matches on the model was chosen with the
 				// client's own model header: the body cannot move it.
-				p.ModelRoutes = modelRoutes
+				p.ModelRoutes, models = modelRoutes, modelsKey
 			} else {
-				modelRoutes = append(modelRoutes, b.modelRoute(r, p))
-			}
-			enc := p.Encode()
-			if len(enc) > maxPolicyBytes {
-				b.failf("listener %q, route %q: its policy with %d model routes encodes to %d bytes, more than the %d a policy may take as gRPC metadata; put fewer model routes before it in virtual host %q",
-					l.Name, r.Name, len(p.ModelRoutes), len(enc), maxPolicyBytes, vh.Name)
+				mr := b.modelRoute(r, p)
+				modelRoutes = append(modelRoutes, mr)
+				modelsKey += mr.Model + "\x00" + string(mr.Match) + "\x00" + base + "\x01"
 			}
 			key := routeKey(l.Name, vh.Name, r.Name)
 			br, ok := prev[key]
-			if !ok || br.policy != enc || !reflect.DeepEqual(br.cfg, r) {
-				br = &builtRoute{cfg: r, policy: enc, route: b.route(r, enc)}
+			if !ok || br.base != base || br.models != models || !reflect.DeepEqual(br.cfg, r) {
+				enc := base
+				if len(p.ModelRoutes) > 0 {
+					enc = p.Encode()
+				}
+				if len(enc) > maxPolicyBytes {
+					b.failf("listener %q, route %q: its policy with %d model routes encodes to %d bytes, more than the %d a policy may take as gRPC metadata; put fewer model routes before it in virtual host %q",
+						l.Name, r.Name, len(p.ModelRoutes), len(enc), maxPolicyBytes, vh.Name)
+				}
+				br = &builtRoute{cfg: r, policy: enc, base: base, models: models, route: b.route(r, enc)}
 			}
 			next[key] = br
 			if r.Pool != "" {
