@@ -108,6 +108,8 @@ type Watcher struct {
 	client   API
 	onChange func()
 	log      *slog.Logger
+	// namespace is where a pool that names none looks, read once.
+	namespace string
 
 	mu      sync.Mutex
 	watches map[string]*follow // by pool
@@ -118,7 +120,7 @@ func NewWatcher(client API, onChange func(), log *slog.Logger) *Watcher {
 	// client-go reports watch failures through klog; they belong in the
 	// control plane's log, in its format.
 	klog.SetSlogLogger(log)
-	return &Watcher{client: client, onChange: onChange, log: log, watches: map[string]*follow{}}
+	return &Watcher{client: client, onChange: onChange, log: log, namespace: defaultNamespace(), watches: map[string]*follow{}}
 }
 
 // follow is one pool's Service, followed by an informer of its own.
@@ -144,7 +146,7 @@ func (w *Watcher) Sync(pools []config.XDSPool) {
 			continue
 		}
 		if src.Namespace == "" {
-			src.Namespace = defaultNamespace()
+			src.Namespace = w.namespace
 		}
 		keep[p.Name] = true
 		if old := w.watches[p.Name]; old != nil {

@@ -8,6 +8,7 @@ import (
 
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 )
@@ -17,11 +18,11 @@ type API struct{ *fake.Clientset }
 
 // New holds the given slices.
 func New(slices ...*discoveryv1.EndpointSlice) API {
-	c := fake.NewClientset()
-	for _, s := range slices {
-		_ = c.Tracker().Add(s)
+	objs := make([]runtime.Object, len(slices))
+	for i, s := range slices {
+		objs[i] = s
 	}
-	return API{c}
+	return API{fake.NewClientset(objs...)}
 }
 
 func (a API) List(ctx context.Context, namespace string, opts metav1.ListOptions) (*discoveryv1.EndpointSliceList, error) {
