@@ -37,8 +37,7 @@ const (
 // DefaultMaxTokens is MaxTokens when Options leaves it zero.
 const DefaultMaxTokens = 256
 
-// batchBuckets are the padded batch sizes; larger batches run in chunks.
-var batchBuckets = []int{1, 2, 4, 8, 16, 32, 64, 128}
+var batchBuckets = model.BatchBuckets
 
 // minSeqBucket is the smallest padded sequence length.
 const minSeqBucket = 16
@@ -153,7 +152,7 @@ func Load(opts Options, backend backends.Backend) (*Encoder, error) {
 		gatherNDs: gatherNDs,
 		backend:   backend,
 		numIDs:    tok.NumIDs(),
-		seqBucket: seqBuckets(opts.MaxTokens),
+		seqBucket: model.LengthBuckets(backend, minSeqBucket, opts.MaxTokens),
 		execs:     map[bucket]*mlctx.Exec{},
 	}
 	if err := e.wireInputs(); err != nil {
@@ -294,25 +293,6 @@ func (e *Encoder) Close() error {
 	}
 	e.execs = nil
 	return nil
-}
-
-// seqBuckets doubles from minSeqBucket and ends at maxTokens.
-func seqBuckets(maxTokens int) []int {
-	var out []int
-	for s := minSeqBucket; s < maxTokens; s *= 2 {
-		out = append(out, s)
-	}
-	return append(out, maxTokens)
-}
-
-// bucketFor is the smallest bucket holding n (the last if none does).
-func bucketFor(buckets []int, n int) int {
-	for _, b := range buckets {
-		if b >= n {
-			return b
-		}
-	}
-	return buckets[len(buckets)-1]
 }
 
 // catch turns a panic of the graph-building libraries into an error.

@@ -290,7 +290,8 @@ func TestTorchScriptEmptyConstant(t *testing.T) {
 func TestWarmupCompilesBuckets(t *testing.T) {
 	f := newFixture(t, tinybert.Config{Seed: 6})
 	enc := f.load(t, nil)
-	// 3 sequences pad to 4 rows and 20 tokens to 32; 64 stays cold.
+	// 3 sequences pad to 4 rows; 20 tokens are a bucket of their own on
+	// SimpleGo (16, 20, 24, 28, 32, ...); longer ones stay cold.
 	if err := enc.WarmupBatches(context.Background(), 3, 20); err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +302,7 @@ func TestWarmupCompilesBuckets(t *testing.T) {
 	}
 	enc.mu.Unlock()
 	slices.SortFunc(got, func(a, b bucket) int { return cmp.Or(a.batch-b.batch, a.seq-b.seq) })
-	want := []bucket{{1, 16}, {1, 32}, {2, 16}, {2, 32}, {4, 16}, {4, 32}}
+	want := []bucket{{1, 16}, {1, 20}, {2, 16}, {2, 20}, {4, 16}, {4, 20}}
 	if !slices.Equal(got, want) {
 		t.Errorf("compiled buckets %v, want %v", got, want)
 	}

@@ -10,6 +10,7 @@ import (
 	. "github.com/gomlx/gomlx/pkg/core/graph" //nolint:revive // GoMLX graph code reads best with its ops unqualified.
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/infergate/infergate/engine/model"
 )
 
 // errClosed is returned by Embed and WarmupBatches after Close.
@@ -41,8 +42,8 @@ func (e *Encoder) WarmupBatches(ctx context.Context, maxBatch, maxTokens int) er
 	if e.closed {
 		return errClosed
 	}
-	topBatch := bucketFor(batchBuckets, max(1, maxBatch))
-	topSeq := bucketFor(e.seqBucket, max(1, min(maxTokens, e.opts.MaxTokens)))
+	topBatch := model.BucketFor(batchBuckets, max(1, maxBatch))
+	topSeq := model.BucketFor(e.seqBucket, max(1, min(maxTokens, e.opts.MaxTokens)))
 	for _, rows := range batchBuckets {
 		if rows > topBatch {
 			break
@@ -68,7 +69,7 @@ func (e *Encoder) runChunk(chunk [][]int32) ([][]float32, error) {
 	for _, seq := range chunk {
 		longest = max(longest, len(seq))
 	}
-	b := bucket{batch: bucketFor(batchBuckets, len(chunk)), seq: bucketFor(e.seqBucket, longest)}
+	b := bucket{batch: model.BucketFor(batchBuckets, len(chunk)), seq: model.BucketFor(e.seqBucket, longest)}
 	ex, err := e.executable(b)
 	if err != nil {
 		return nil, err

@@ -19,20 +19,20 @@ import (
 	"github.com/infergate/infergate/engine/model"
 )
 
-// Shape buckets: a batch is padded up to the next bucket in each direction,
-// so only len(batchBuckets)*len(lengthBuckets) graphs are ever compiled.
-// Lengths stop at the model's own limit (128 for USE-Lite).
-var (
-	batchBuckets  = []int{1, 2, 4, 8, 16, 32, 64, 128}
-	lengthBuckets = []int{8, 16, 32, 64, 128, 256, 512}
-)
+// A batch is padded up to the next shape bucket in each direction
+// (model.BatchBuckets rows; model.LengthBuckets tokens from smallestLength
+// up to the model's own limit of 128), so only a bounded set of graphs is
+// ever compiled.
+const smallestLength = 8
+
+var batchBuckets = model.BatchBuckets
 
 // Encoder is USE-Lite on a GoMLX backend. It is safe for concurrent use.
 type Encoder struct {
 	tok     *tokenizer
 	net     *network
 	exec    *graph.Exec
-	lengths []int // lengthBuckets up to the model's limit
+	lengths []int // padded lengths, up to the model's limit
 
 	// closeMu makes Close wait for running Embed calls; closed is set
 	// under its write lock.
@@ -86,13 +86,7 @@ func Load(dir string, backend backends.Backend) (*Encoder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("uselite: %w", err)
 	}
-	var lengths []int
-	for _, l := range lengthBuckets {
-		lengths = append(lengths, min(l, net.maxLen))
-		if l >= net.maxLen {
-			break
-		}
-	}
+	lengths := model.LengthBuckets(backend, smallestLength, net.maxLen)
 	exec.SetMaxCache(len(batchBuckets) * len(lengths))
 	return &Encoder{
 		tok:      tok,
@@ -160,21 +154,7 @@ func (e *Encoder) Embed(ctx context.Context, batch [][]int32) ([][]float32, erro
 
 // bucket returns the padded (batch, length) shape for a chunk.
 func (e *Encoder) bucket(rows, longest int) (int, int) {
-	b := batchBuckets[len(batchBuckets)-1]
-	for _, size := range batchBuckets {
-		if size >= rows {
-			b = size
-			break
-		}
-	}
-	l := e.lengths[len(e.lengths)-1]
-	for _, size := range e.lengths {
-		if size >= longest {
-			l = size
-			break
-		}
-	}
-	return b, l
+	return model.BucketFor(batchBuckets, rows), model.BucketFor(e.lengths, longest)
 }
 
 // run embeds at most one batch bucket's worth of sequences.
