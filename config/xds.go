@@ -518,8 +518,15 @@ func (r *XDSRoute) validate(path string, pools map[string]bool, policies map[str
 	}
 	for i, h := range m.Headers {
 		hpath := fmt.Sprintf("%s.match.headers[%d]", path, i)
-		if h.Name == "" || strings.ToLower(h.Name) != h.Name || strings.ContainsAny(h.Name, " \t\r\n") {
+		switch {
+		case h.Name == "" || strings.ToLower(h.Name) != h.Name || strings.ContainsAny(h.Name, " \t\r\n"):
 			add(hpath+".name", "%q is not a lower-case header name", h.Name)
+		case h.Name == policy.ModelHeader:
+			add(hpath+".name", "%s is set by the ext_proc server from the body: match on it with match.model", h.Name)
+		case h.Name == policy.PriorityHeader:
+			// ext_proc overwrites it with the matched route's own priority,
+			// so matching on it would make the route depend on itself.
+			add(hpath+".name", "%s is set by the ext_proc server from the route's policy: match on what sets the priority instead", h.Name)
 		}
 		kinds := 0
 		for _, s := range []string{h.Exact, h.Prefix, h.Regex} {

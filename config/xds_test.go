@@ -49,6 +49,9 @@ func TestXDSErrorsNameFieldAndLine(t *testing.T) {
               destinations: [{pool: cpu, weight: 0}]
               retry: {on: [sometimes]}
               policy: missing
+            - name: urgent
+              match: {headers: [{name: x-infergate-priority, exact: "9"}]}
+              pool: cpu
   policies:
     bad: {cache: maybe}
   pools:
@@ -70,11 +73,12 @@ func TestXDSErrorsNameFieldAndLine(t *testing.T) {
 		"xds.listeners[0].virtual_hosts[0].routes[2].destinations (line 14): weights add up to 0",
 		`xds.listeners[0].virtual_hosts[0].routes[2].retry.on[0] (line 15): "sometimes" is not an Envoy retry condition`,
 		`xds.listeners[0].virtual_hosts[0].routes[2].policy (line 16): no policy named "missing"`,
-		`xds.policies.bad.cache (line 18): "maybe" is not one of off, exact, semantic`,
-		`xds.pools[0].endpoints[0] (line 21): "localhost" is not host:port`,
-		`xds.pools[0].endpoints[1] (line 21): EDS carries IP addresses, not the host name "engine.local"`,
-		`xds.pools[1].kubernetes.service (line 23): "Engines" is not a Service name`,
-		`xds.pools[1].kubernetes.port (line 23): "70000" is neither a port number nor a port name`,
+		`xds.listeners[0].virtual_hosts[0].routes[3].match.headers[0].name (line 18): x-infergate-priority is set by the ext_proc server`,
+		`xds.policies.bad.cache (line 21): "maybe" is not one of off, exact, semantic`,
+		`xds.pools[0].endpoints[0] (line 24): "localhost" is not host:port`,
+		`xds.pools[0].endpoints[1] (line 24): EDS carries IP addresses, not the host name "engine.local"`,
+		`xds.pools[1].kubernetes.service (line 26): "Engines" is not a Service name`,
+		`xds.pools[1].kubernetes.port (line 26): "70000" is neither a port number nor a port name`,
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error does not contain %q:\n%s", want, msg)

@@ -32,11 +32,12 @@ import (
 	"github.com/infergate/infergate/engine/model/onnxenc"
 	"github.com/infergate/infergate/engine/model/uselite"
 	"github.com/infergate/infergate/internal/ops"
+	"github.com/infergate/infergate/policy"
 )
 
 // PriorityHeader carries a request's priority level (0 is the lowest);
 // the ext_proc server or the client sets it.
-const PriorityHeader = "x-infergate-priority"
+const PriorityHeader = policy.PriorityHeader
 
 // loadFunc turns a model's config into a running encoder.
 type loadFunc func(m config.EngineModel) (model.Encoder, error)

@@ -19,7 +19,6 @@ import (
 const (
 	headerCacheStatus  = "cache-status"
 	headerAge          = "age"
-	headerPriority     = "x-infergate-priority"
 	headerRetryAfter   = "retry-after"
 	headerRLPolicy     = "ratelimit-policy"
 	headerRateLimit    = "ratelimit"

@@ -218,7 +218,7 @@ func (st *stream) requestHeaders(hm *extprocv3.HttpHeaders) error {
 	}
 	st.phase = wantRequestBody
 	m := &mutation{}
-	m.add(headerPriority, strconv.Itoa(st.policy.Priority))
+	m.add(policy.PriorityHeader, strconv.Itoa(st.policy.Priority))
 	return st.send(requestHeadersResponse(m))
 }
 
@@ -325,14 +325,14 @@ func (st *stream) requestComplete(end requestEnd) error {
 			return st.send(limited)
 		}
 		if switched {
-			m.add(headerPriority, strconv.Itoa(st.policy.Priority))
+			m.add(policy.PriorityHeader, strconv.Itoa(st.policy.Priority))
 		}
 	}
 	p = st.policy
 	answer := func() error {
 		switch end {
 		case endedOnHeaders:
-			m.add(headerPriority, strconv.Itoa(p.Priority))
+			m.add(policy.PriorityHeader, strconv.Itoa(p.Priority))
 			return st.send(requestHeadersResponse(m))
 		case endedOnBody:
 			// The model header may pick another route: Envoy recomputes it

@@ -27,6 +27,11 @@ const MetadataKey = "x-infergate-policy"
 // response), so that routes can match on the model with a header match.
 const ModelHeader = "x-infergate-model"
 
+// PriorityHeader is the request header the ext_proc server sets from the
+// policy's Priority, overwriting the client's; the engine's queue orders
+// requests by it.
+const PriorityHeader = "x-infergate-priority"
+
 // Cache modes.
 const (
 	CacheOff      = "off"      // neither cache is read or written
