@@ -56,6 +56,9 @@ func TestBadConfigErrors(t *testing.T) {
 		{"bad port", "xds:\n  listen: 127.0.0.1:99999\n", []string{"xds.listen", "99999"}},
 		{"bad level", "log:\n  level: loud\n", []string{"log.level", "loud"}},
 		{"not yaml", "engine: [\n", []string{"bad.yaml", "line"}},
+		{"lone synonym", "extproc:\n  semantic:\n    synonyms: [\"thaw\"]\n", []string{`extproc.semantic.synonyms[0] (line 3): "thaw": give two or more words`}},
+		{"synonym not a word", "extproc:\n  semantic:\n    synonyms: [\"thaw Defrost\", \"pc computer\"]\n",
+			[]string{`synonyms[0] (line 3): "Defrost" is not a lower-case word`, `synonyms[1] (line 3): "pc" is not a lower-case word of three letters`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

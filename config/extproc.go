@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"time"
+	"unicode"
 )
 
 // ExtProc configures the ext_proc server. Per-route policy is not here: it
@@ -59,6 +61,20 @@ type ExtProcSemantic struct {
 	// MaxInFlight bounds concurrent embedding calls; a lookup that finds
 	// them all busy is skipped (a miss). Default 64.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// Synonyms are groups of words, each entry space-separated ("thaw
+	// defrost"), that the guard treats as one topic word, on top of its
+	// built-in ones: a paraphrase that swaps them is answered from cache.
+	// Only list words that never ask different things in your traffic.
+	Synonyms []string `yaml:"synonyms"`
+}
+
+// SynonymGroups is Synonyms split into words.
+func (s *ExtProcSemantic) SynonymGroups() [][]string {
+	groups := make([][]string, 0, len(s.Synonyms))
+	for _, g := range s.Synonyms {
+		groups = append(groups, strings.Fields(g))
+	}
+	return groups
 }
 
 // ExtProcCache configures the in-process exact cache and request collapsing.
@@ -206,6 +222,17 @@ func (s *ExtProcSemantic) validate() error {
 	}
 	if s.MaxInFlight < 1 {
 		errs = append(errs, fmt.Errorf("extproc.semantic.max_in_flight: %d must be at least 1", s.MaxInFlight))
+	}
+	for i, group := range s.SynonymGroups() {
+		if len(group) < 2 {
+			errs = append(errs, fmt.Errorf("extproc.semantic.synonyms[%d]: %q: give two or more words, separated by spaces", i, s.Synonyms[i]))
+		}
+		for _, w := range group {
+			// The guard compares lower-case words of three letters or more.
+			if len(w) < 3 || strings.IndexFunc(w, func(r rune) bool { return !unicode.IsLower(r) }) >= 0 {
+				errs = append(errs, fmt.Errorf("extproc.semantic.synonyms[%d]: %q is not a lower-case word of three letters or more", i, w))
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -36,6 +36,7 @@ func (s *Server) newSemantic(cfg config.ExtProc) (*semantic.Cache, error) {
 		HNSW:          semantic.HNSWParams{M: sc.HNSWM, EfConstruction: sc.HNSWEfConstruction, EfSearch: sc.HNSWEfSearch},
 		EmbedTimeout:  sc.EmbedTimeout,
 		MaxInFlight:   sc.MaxInFlight,
+		Synonyms:      sc.SynonymGroups(),
 	}, semantic.NewEngineEmbedder(sc.EngineURL, sc.Model, client), s.reg, s.log.With("stage", "semantic"))
 	if err != nil {
 		return nil, err

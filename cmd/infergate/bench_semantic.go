@@ -86,7 +86,7 @@ func runBenchSemantic(cmd *cobra.Command, _ []string) error {
 	}
 	defer enc.Close()
 
-	s, err := semantic.RunSweep(cmd.Context(), semantic.EncoderEmbedder{Encoder: enc}, pairs, thresholds)
+	s, err := semantic.RunSweep(cmd.Context(), semantic.EncoderEmbedder{Encoder: enc}, pairs, thresholds, cfg.ExtProc.Semantic.SynonymGroups())
 	if err != nil {
 		return fmt.Errorf("bench semantic: %w", err)
 	}

@@ -67,6 +67,9 @@ type Config struct {
 	// MaxInFlight bounds concurrent embedding calls; a lookup that finds
 	// them all busy is skipped. Default 64.
 	MaxInFlight int
+	// Synonyms are groups of words the guard treats as one topic word
+	// ("thaw defrost"), added to its built-in ones; each word lower-case.
+	Synonyms [][]string
 	// GuardOff serves any candidate above the threshold. It exists to
 	// measure what the guard buys and must stay false in production.
 	GuardOff bool
@@ -153,6 +156,7 @@ func (h Hit) Headers() [][2]string {
 type Cache struct {
 	cfg      Config
 	emb      Embedder
+	guard    *guard // nil with GuardOff
 	log      *slog.Logger
 	met      *metrics
 	inFlight chan struct{}
@@ -210,6 +214,7 @@ func New(cfg Config, emb Embedder, reg prometheus.Registerer, log *slog.Logger) 
 	c := &Cache{
 		cfg:      cfg,
 		emb:      emb,
+		guard:    newGuard(cfg.Synonyms),
 		log:      log,
 		met:      met,
 		inFlight: make(chan struct{}, cfg.MaxInFlight),
@@ -218,6 +223,9 @@ func New(cfg Config, emb Embedder, reg prometheus.Registerer, log *slog.Logger) 
 		scopes:   make(map[string]*scope),
 		entries:  make(map[uint64]*entry),
 		byKey:    make(map[string]*entry),
+	}
+	if cfg.GuardOff {
+		c.guard = nil
 	}
 	return c, nil
 }
@@ -293,7 +301,7 @@ func (c *Cache) lookup(ctx context.Context, req Request) (Hit, string) {
 	if len(cands) > 0 {
 		c.met.bestSimilarity.Observe(float64(cands[0].sim))
 	}
-	best, reason := choose(cands, p.question, req.Policy.SemanticThreshold, !c.cfg.GuardOff)
+	best, reason := choose(cands, p.question, req.Policy.SemanticThreshold, c.guard)
 	if best == nil {
 		if reason != "" {
 			c.met.refusals.WithLabelValues(reason).Inc()
@@ -344,19 +352,19 @@ func (c *Cache) candidates(scopeKey string, vec []float32) []candidate {
 	return out
 }
 
-// choose returns the most similar candidate at or above threshold that the
-// guard lets through, or, when there is none, the guard's reason for
-// refusing the best one ("" when no candidate reached the threshold).
-func choose(cands []candidate, question string, threshold float64, guard bool) (*candidate, string) {
+// choose returns the most similar candidate at or above threshold that g
+// lets through (any, when g is nil), or, when there is none, g's reason
+// for refusing the best one ("" when no candidate reached the threshold).
+func choose(cands []candidate, question string, threshold float64, g *guard) (*candidate, string) {
 	reason := ""
 	for i := range cands {
 		if float64(cands[i].sim) < threshold {
 			break
 		}
-		if !guard {
+		if g == nil {
 			return &cands[i], ""
 		}
-		r := guardRefusal(question, cands[i].question)
+		r := g.refusal(question, cands[i].question)
 		if r == "" {
 			return &cands[i], ""
 		}

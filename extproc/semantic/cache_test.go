@@ -93,6 +93,22 @@ func TestNearDuplicateWithAnotherNumberMisses(t *testing.T) {
 	}
 }
 
+// An operator's synonyms turn a refused swap into a hit, on that cache only.
+func TestConfiguredSynonymsAreAnswered(t *testing.T) {
+	stored := req("acme", "You are a cooking assistant.", "How do I thaw frozen chicken?")
+	query := req("acme", "You are a cooking assistant.", "How do I defrost frozen chicken?")
+	for _, tc := range []struct {
+		synonyms [][]string
+		hit      bool
+	}{{nil, false}, {[][]string{{"thaw", "defrost"}}, true}} {
+		c := newTestCache(t, Config{Synonyms: tc.synonyms}, useLite(t))
+		mustStore(t, c, stored, answer("thaw it in the fridge"))
+		if _, ok := c.Lookup(context.Background(), query); ok != tc.hit {
+			t.Errorf("synonyms %v: hit = %v, want %v", tc.synonyms, ok, tc.hit)
+		}
+	}
+}
+
 func TestScopeIsolation(t *testing.T) {
 	c := newTestCache(t, Config{}, useLite(t))
 	mustStore(t, c, req("acme", "You are a support bot.", "How do I reset my password?"), answer("acme's answer"))

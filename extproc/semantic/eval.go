@@ -84,12 +84,12 @@ type Sweep struct {
 
 // RunSweep stores every distinct A side in one scope of a fresh cache,
 // queries with every B side, and reports for each threshold, with and
-// without the guard, how many true pairs hit and how many false pairs got
+// without the guard (with synonyms added to its own), how many true pairs hit and how many false pairs got
 // a wrong answer. All A sides share the scope, so a query can also be
 // answered with another pair's A: that counts as wrong unless the set
 // labels the two as the same.
-func RunSweep(ctx context.Context, emb Embedder, pairs []Pair, thresholds []float64) (Sweep, error) {
-	c, err := New(Config{MemoryBytes: 1 << 40}, emb, prometheus.NewRegistry(), nil)
+func RunSweep(ctx context.Context, emb Embedder, pairs []Pair, thresholds []float64, synonyms [][]string) (Sweep, error) {
+	c, err := New(Config{MemoryBytes: 1 << 40, Synonyms: synonyms}, emb, prometheus.NewRegistry(), nil)
 	if err != nil {
 		return Sweep{}, err
 	}
@@ -163,8 +163,8 @@ func RunSweep(ctx context.Context, emb Embedder, pairs []Pair, thresholds []floa
 		}
 		cands := c.candidates(pr.scope, c.recent.get(pr.key))
 		for ti, th := range thresholds {
-			for gi, guard := range []bool{false, true} {
-				best, _ := choose(cands, p.B, th, guard)
+			for gi, g := range []*guard{nil, c.guard} {
+				best, _ := choose(cands, p.B, th, g)
 				if best == nil {
 					continue
 				}

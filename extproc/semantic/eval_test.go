@@ -33,7 +33,7 @@ func sweepFile(t *testing.T, path string, thresholds string) Sweep {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := RunSweep(context.Background(), useLite(t), pairs, ths)
+	s, err := RunSweep(context.Background(), useLite(t), pairs, ths, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

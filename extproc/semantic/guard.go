@@ -19,7 +19,7 @@ const (
 	refuseSwap     = "substitution"
 )
 
-// guardRefusal compares a query with a cached prompt whose embedding scored
+// refusal compares a query with a cached prompt whose embedding scored
 // above the threshold and names the reason they may still ask different
 // things, or returns "" when nothing they say differs in a way a sentence
 // embedding is known to blur: numbers (digits or words, ordinals), units and
@@ -27,8 +27,8 @@ const (
 // anchors ("USD to EUR" against "EUR to USD"), and words of opposite meaning.
 // It errs on the side of refusing: a refusal costs one upstream call, a
 // wrong hit serves the wrong answer.
-func guardRefusal(query, cached string) string {
-	a, b := analyze(query), analyze(cached)
+func (g *guard) refusal(query, cached string) string {
+	a, b := g.analyze(query), g.analyze(cached)
 	switch {
 	case !slices.Equal(a.numbers, b.numbers):
 		return refuseNumber
@@ -115,15 +115,15 @@ func tokenize(text string) []token {
 	return toks
 }
 
-func analyze(text string) features {
+func (g *guard) analyze(text string) features {
 	toks := joinPhrases(tokenize(text))
-	f := features{words: make(map[string]bool, len(toks)), content: map[string]bool{}, relations: relations(toks)}
+	f := features{words: make(map[string]bool, len(toks)), content: map[string]bool{}, relations: g.relations(toks)}
 	for i, t := range toks {
 		f.words[t.lower] = true
 		// "Australia's capital" mentions Australia.
 		f.words[strings.TrimSuffix(t.lower, "'s")] = true
 		if isTopicWord(t) {
-			f.content[concept(t.lower)] = true
+			f.content[g.concept(t.lower)] = true
 		}
 		if i > 0 && !t.number && !toks[i-1].number {
 			// "user name" also spells "username"
@@ -511,14 +511,14 @@ var directional = map[string]bool{"to": true, "from": true, "than": true, "into"
 
 // relations pairs each directional word with the nearest topic word (or
 // number) on each side, within three words.
-func relations(toks []token) map[[3]string]bool {
+func (g *guard) relations(toks []token) map[[3]string]bool {
 	rel := map[[3]string]bool{}
 	topic := func(t token) (string, bool) {
 		if t.number {
 			return "#" + canonicalNumber(t.text), true
 		}
 		if isTopicWord(t) || isEntity(t) {
-			return concept(t.lower), true
+			return g.concept(t.lower), true
 		}
 		return "", false
 	}

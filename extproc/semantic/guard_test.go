@@ -44,12 +44,30 @@ func TestGuardRefusesWhatEmbeddingsBlur(t *testing.T) {
 		// "update" is left out of the synonyms: of an app it means upgrade.
 		{"How do I update my app?", "How do I change the theme of the app?", refuseSwap},
 	} {
-		if got := guardRefusal(tc.a, tc.b); got != tc.reason {
+		if got := defaultGuard.refusal(tc.a, tc.b); got != tc.reason {
 			t.Errorf("guard(%q, %q) = %q, want %q", tc.a, tc.b, got, tc.reason)
 		}
-		if got := guardRefusal(tc.b, tc.a); (got == "") != (tc.reason == "") {
+		if got := defaultGuard.refusal(tc.b, tc.a); (got == "") != (tc.reason == "") {
 			t.Errorf("guard is not symmetric for %q / %q: %q", tc.b, tc.a, got)
 		}
+	}
+}
+
+func TestOperatorSynonyms(t *testing.T) {
+	g := newGuard([][]string{{"thaw", "defrost"}, {"update", "change"}})
+	for _, tc := range []struct{ a, b, reason string }{
+		{"How do I thaw chicken?", "How do I defrost chicken?", ""},
+		// "update" joins the built-in group of "change", "modify", "edit".
+		{"How do I update my email address?", "How can I modify my email address?", ""},
+		{"How do I thaw chicken?", "How do I marinate chicken?", refuseSwap},
+	} {
+		if got := g.refusal(tc.a, tc.b); got != tc.reason {
+			t.Errorf("refusal(%q, %q) = %q, want %q", tc.a, tc.b, got, tc.reason)
+		}
+	}
+	// Another cache's synonyms are not everyone's.
+	if got := defaultGuard.refusal("How do I thaw chicken?", "How do I defrost chicken?"); got != refuseSwap {
+		t.Errorf("the built-in guard took another guard's synonyms: refusal = %q", got)
 	}
 }
 
@@ -57,9 +75,9 @@ func FuzzGuard(f *testing.F) {
 	f.Add("What is 15% of 200?", "What is fifteen percent of two hundred?")
 	f.Add("Convert 100 USD to EUR", "twenty-five thousand and one")
 	f.Fuzz(func(t *testing.T, a, b string) {
-		if guardRefusal(a, a) != "" {
+		if defaultGuard.refusal(a, a) != "" {
 			t.Fatalf("guard refuses a prompt against itself: %q", a)
 		}
-		_ = guardRefusal(a, b)
+		_ = defaultGuard.refusal(a, b)
 	})
 }

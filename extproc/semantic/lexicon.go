@@ -1,6 +1,9 @@
 package semantic
 
-import "strings"
+import (
+	"maps"
+	"strings"
+)
 
 // The guard's word knowledge, kept apart from its rules (guard.go): which
 // words frame a question, name something or mean the opposite of another,
@@ -75,23 +78,56 @@ var synonyms = func() map[string]string {
 		method option|difference different differ|summary summarize summarise
 		tire tyre|color colour|center centre|favorite favourite|organize organise|license licence
 		dictionary dict|document doc|password passcode`, "|") {
-		words := strings.Fields(line)
-		concept := stem(words[0])
-		for _, w := range words {
-			m[stem(w)] = concept
-		}
+		addSynonyms(m, strings.Fields(line))
 	}
 	return m
 }()
 
+// addSynonyms maps every word of group to one concept: that of the first
+// word m already knows, else the stem of the first word. So a group an
+// operator adds ("update change") joins a built-in one.
+func addSynonyms(m map[string]string, group []string) {
+	concept := stem(group[0])
+	for _, w := range group {
+		if c, ok := m[stem(w)]; ok {
+			concept = c
+			break
+		}
+	}
+	for _, w := range group {
+		m[stem(w)] = concept
+	}
+}
+
+// guard decides whether a cached prompt answers a query (refusal, in
+// guard.go). Its synonyms are the built-in ones plus the operator's.
+type guard struct {
+	synonyms map[string]string
+}
+
+// defaultGuard has the built-in synonyms only.
+var defaultGuard = newGuard(nil)
+
+// newGuard adds groups of synonyms, each of two or more lower-case words,
+// to the built-in ones.
+func newGuard(groups [][]string) *guard {
+	g := &guard{synonyms: maps.Clone(synonyms)}
+	for _, group := range groups {
+		if len(group) > 0 {
+			addSynonyms(g.synonyms, group)
+		}
+	}
+	return g
+}
+
 // concept is the form under which a topic word is compared: its verb if
 // it is an irregular form, else its stem, merged with its synonyms.
-func concept(w string) string {
+func (g *guard) concept(w string) string {
 	if v, ok := irregular[w]; ok {
 		w = v
 	}
 	s := stem(w)
-	if c, ok := synonyms[s]; ok {
+	if c, ok := g.synonyms[s]; ok {
 		return c
 	}
 	return s
