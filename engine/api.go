@@ -15,6 +15,7 @@ import (
 	"github.com/infergate/infergate/engine/batcher"
 	"github.com/infergate/infergate/engine/embedcache"
 	"github.com/infergate/infergate/engine/model"
+	"github.com/infergate/infergate/internal/apierror"
 	"github.com/infergate/infergate/internal/ops"
 )
 
@@ -22,6 +23,7 @@ import (
 type apiError struct {
 	status     int
 	msg        string
+	code       string        // OpenAI's error code, e.g. model_not_found
 	retryAfter time.Duration // sets Retry-After when positive
 }
 
@@ -31,7 +33,15 @@ func errorf(status int, format string, args ...any) *apiError {
 	return &apiError{status: status, msg: fmt.Sprintf(format, args...)}
 }
 
-func writeAPIError(w http.ResponseWriter, err error) {
+// modelNotFound is the 404 for a model this engine does not serve.
+func modelNotFound(name string) *apiError {
+	e := errorf(http.StatusNotFound, "model %q is not served here (GET /v1/models lists the models)", name)
+	e.code = apierror.CodeModelNotFound
+	return e
+}
+
+// writeAPIError answers r with err in the error shape of r's API.
+func writeAPIError(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *apiError
 	if !errors.As(err, &ae) {
 		ae = &apiError{status: http.StatusInternalServerError, msg: err.Error()}
@@ -39,7 +49,7 @@ func writeAPIError(w http.ResponseWriter, err error) {
 	if ae.retryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(ae.retryAfter.Seconds()))))
 	}
-	ops.WriteError(w, ae.status, ae.msg)
+	apierror.Write(w, r.URL.Path, ae.status, ae.msg, ae.code)
 }
 
 func (s *Server) routes() {
@@ -60,10 +70,10 @@ func (s *Server) routes() {
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if allow := s.allowedMethods(r); len(allow) > 0 {
 			w.Header().Set("Allow", strings.Join(allow, ", "))
-			ops.WriteError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s %s: method not allowed (use %s)", r.Method, r.URL.Path, strings.Join(allow, " or ")))
+			apierror.Write(w, r.URL.Path, http.StatusMethodNotAllowed, fmt.Sprintf("%s %s: method not allowed (use %s)", r.Method, r.URL.Path, strings.Join(allow, " or ")), "")
 			return
 		}
-		ops.WriteError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+		apierror.Write(w, r.URL.Path, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), "")
 	})
 }
 
@@ -92,7 +102,7 @@ func (s *Server) lookup(name string) (*served, error) {
 	}
 	sv, ok := s.models[name]
 	if !ok {
-		return nil, errorf(http.StatusNotFound, "model %q is not served here (GET /v1/models lists the models)", name)
+		return nil, modelNotFound(name)
 	}
 	return sv, nil
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/engine/model"
+	"github.com/infergate/infergate/internal/apierror"
 )
 
 // wordEncoder is a small deterministic encoder for the serving tests: a
@@ -371,7 +372,8 @@ func TestEmbeddingReuse(t *testing.T) {
 	}
 }
 
-// Every client error gets its status and a JSON {"error": ...} body.
+// Every client error gets its status and a JSON error body: OpenAI's
+// error object on /v1/, KServe's {"error": "..."} on /v2/.
 func TestErrorStatuses(t *testing.T) {
 	te := startReady(t, engineConfig(t, "max_inputs: 3\nmax_input_chars: 20"), &wordEncoder{})
 	cases := []struct {
@@ -410,11 +412,15 @@ func TestErrorStatuses(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			status, _, body := te.post(t, c.path, c.body, c.header...)
-			var e struct {
-				Error string `json:"error"`
-			}
-			if status != c.status || json.Unmarshal(body, &e) != nil || !strings.Contains(e.Error, c.msg) {
+			msg, ok := apierror.Message(body)
+			if status != c.status || !ok || !strings.Contains(msg, c.msg) {
 				t.Fatalf("got %d %s, want %d with an error mentioning %q", status, body, c.status, c.msg)
+			}
+			// OpenAI's SDKs read an error object there, KServe's a string.
+			var shape struct{ Error any }
+			_ = json.Unmarshal(body, &shape)
+			if _, object := shape.Error.(map[string]any); object != strings.HasPrefix(c.path, "/v1/") {
+				t.Errorf("%s answered %s: wrong error shape for its API", c.path, body)
 			}
 		})
 	}

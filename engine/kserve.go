@@ -156,7 +156,7 @@ func (s *Server) handleServerReady(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) handleModelReady(w http.ResponseWriter, r *http.Request) {
 	sv, err := s.lookupPath(r)
 	if err != nil {
-		writeAPIError(w, err)
+		writeAPIError(w, r, err)
 		return
 	}
 	if err := s.checkReady(sv); err != nil {
@@ -177,7 +177,7 @@ func (sv *served) dim() int64 {
 func (s *Server) handleModelMetadata(w http.ResponseWriter, r *http.Request) {
 	sv, err := s.lookupPath(r)
 	if err != nil {
-		writeAPIError(w, err)
+		writeAPIError(w, r, err)
 		return
 	}
 	ops.WriteJSON(w, http.StatusOK, map[string]any{
@@ -192,13 +192,13 @@ func (s *Server) handleModelMetadata(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleInfer(w http.ResponseWriter, r *http.Request) {
 	sv, err := s.lookupPath(r)
 	if err != nil {
-		writeAPIError(w, err)
+		writeAPIError(w, r, err)
 		return
 	}
 	body, err := s.readBody(w, r)
 	if err != nil {
 		s.countInvalid(sv.cfg.Name, err)
-		writeAPIError(w, err)
+		writeAPIError(w, r, err)
 		return
 	}
 	req, err := parseInferRequest(body)
@@ -212,12 +212,12 @@ func (s *Server) handleInfer(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.countInvalid(sv.cfg.Name, err)
-		writeAPIError(w, err)
+		writeAPIError(w, r, err)
 		return
 	}
 	res, err := s.embed(r, sv, req.Texts)
 	if err != nil {
-		writeAPIError(w, err)
+		writeAPIError(w, r, err)
 		return
 	}
 	dim := sv.enc.Dim()

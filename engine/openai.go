@@ -126,30 +126,30 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 	body, err := s.readBody(w, r)
 	if err != nil {
 		s.countInvalid("", err)
-		writeAPIError(w, err)
+		writeAPIError(w, r, err)
 		return
 	}
 	req, err := parseEmbeddingsRequest(body)
 	if err != nil {
 		s.countInvalid("", err)
-		writeAPIError(w, err)
+		writeAPIError(w, r, err)
 		return
 	}
 	sv, err := s.lookup(req.Model)
 	if err != nil {
-		writeAPIError(w, err)
+		writeAPIError(w, r, err)
 		return
 	}
 	if req.Dimensions != 0 && sv.ready.Load() && req.Dimensions != sv.enc.Dim() {
 		err := errorf(http.StatusBadRequest, `"dimensions": model %s produces %d-dimensional embeddings and cannot shorten them; omit dimensions or send %d`,
 			sv.cfg.Name, sv.enc.Dim(), sv.enc.Dim())
 		s.countInvalid(sv.cfg.Name, err)
-		writeAPIError(w, err)
+		writeAPIError(w, r, err)
 		return
 	}
 	res, err := s.embed(r, sv, req.Inputs)
 	if err != nil {
-		writeAPIError(w, err)
+		writeAPIError(w, r, err)
 		return
 	}
 	resp := embeddingsResponse{
@@ -202,7 +202,7 @@ func (s *Server) handleListModels(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) handleGetModel(w http.ResponseWriter, r *http.Request) {
 	sv, ok := s.models[r.PathValue("model")]
 	if !ok {
-		writeAPIError(w, errorf(http.StatusNotFound, "model %q is not served here", r.PathValue("model")))
+		writeAPIError(w, r, modelNotFound(r.PathValue("model")))
 		return
 	}
 	ops.WriteJSON(w, http.StatusOK, s.modelObject(sv))

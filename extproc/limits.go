@@ -10,6 +10,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/infergate/infergate/extproc/ratelimit"
+	"github.com/infergate/infergate/internal/apierror"
 	"github.com/infergate/infergate/policy"
 )
 
@@ -36,7 +37,7 @@ func (st *stream) enforceLimits() *extprocv3.ProcessingResponse {
 			m := &mutation{}
 			m.add(headerRetryAfter, "1")
 			m.add(headerContentType, "application/json")
-			return immediate(http.StatusServiceUnavailable, m, errorBody("rate limiter unavailable"), "infergate_ratelimit_unavailable")
+			return immediate(http.StatusServiceUnavailable, m, apierror.Body(st.path, http.StatusServiceUnavailable, "rate limiter unavailable", ""), "infergate_ratelimit_unavailable")
 		}
 		st.checks = append(st.checks, limitCheck{limit: l, window: capacityOf(l), decision: d})
 		if !d.Allowed {
@@ -49,7 +50,7 @@ func (st *stream) enforceLimits() *extprocv3.ProcessingResponse {
 			if l.Name == "tokens" {
 				msg = "token budget exhausted"
 			}
-			return immediate(http.StatusTooManyRequests, m, errorBody(msg), "infergate_ratelimit_"+l.Name)
+			return immediate(http.StatusTooManyRequests, m, apierror.Body(st.path, http.StatusTooManyRequests, msg, apierror.CodeRateLimitExceeded), "infergate_ratelimit_"+l.Name)
 		}
 		st.s.metrics.rateLimit.WithLabelValues(p.Route, l.Name, "allowed").Inc()
 	}

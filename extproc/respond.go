@@ -164,11 +164,6 @@ func immediate(status int, m *mutation, body []byte, details string) *extprocv3.
 		}}}
 }
 
-// errorBody is the `{"error": ...}` body every infergate API uses.
-func errorBody(msg string) []byte {
-	return []byte(`{"error":` + strconv.Quote(msg) + "}\n")
-}
-
 // notReplayed are response headers never stored: hop-by-hop,
 // per-response (date, cookies, request ids), or rewritten on replay.
 var notReplayed = map[string]bool{

@@ -421,9 +421,11 @@ func TestRequestRateLimit429(t *testing.T) {
 	if ra := res.Header.Get("Retry-After"); ra != m[3] || ra == "0" {
 		t.Errorf("Retry-After %q, RateLimit t=%s: want the same positive delay", ra, m[3])
 	}
-	var body map[string]string
-	if json.Unmarshal(res.Body, &body) != nil || body["error"] == "" {
-		t.Errorf("429 body %q is not {\"error\": ...}", res.Body)
+	var body struct {
+		Error struct{ Message, Type, Code string }
+	}
+	if json.Unmarshal(res.Body, &body) != nil || body.Error.Message == "" || body.Error.Code != "rate_limit_exceeded" {
+		t.Errorf("429 body %q is not OpenAI's rate-limit error object", res.Body)
 	}
 	if up.requests.Load() != 3 {
 		t.Errorf("upstream saw %d requests, want 3", up.requests.Load())

@@ -18,6 +18,7 @@ import (
 
 	"github.com/infergate/infergate/extproc/cache"
 	"github.com/infergate/infergate/extproc/canonical"
+	"github.com/infergate/infergate/internal/apierror"
 	"github.com/infergate/infergate/policy"
 )
 
@@ -312,7 +313,7 @@ func (st *stream) requestComplete(end requestEnd) error {
 		m := &mutation{}
 		m.add(headerContentType, "application/json")
 		msg := fmt.Sprintf("header %s %q contradicts the body's model %q", policy.ModelHeader, st.clientModel, req.Model)
-		return st.send(immediate(http.StatusBadRequest, m, errorBody(msg), "infergate_model_header_mismatch"))
+		return st.send(immediate(http.StatusBadRequest, m, apierror.Body(st.path, http.StatusBadRequest, msg, ""), "infergate_model_header_mismatch"))
 	}
 	m := &mutation{}
 	if req.Model != "" {

@@ -20,6 +20,7 @@ import (
 	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/envoy/xdsproxy"
 	"github.com/infergate/infergate/extproc"
+	"github.com/infergate/infergate/internal/apierror"
 	"github.com/infergate/infergate/internal/testmodel"
 )
 
@@ -358,17 +359,14 @@ func (a answer) wantOK(t *testing.T) {
 	}
 }
 
-// wantJSONError checks the `{"error": "..."}` body every infergate error has.
+// wantJSONError checks that an error has a JSON body in its API's shape.
 func (a answer) wantJSONError(t *testing.T) {
 	t.Helper()
-	var e struct {
-		Error string `json:"error"`
-	}
 	if ct := a.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		t.Errorf("%d error with Content-Type %q, want application/json", a.status, ct)
 	}
-	if err := json.Unmarshal(a.body, &e); err != nil || e.Error == "" {
-		t.Errorf(`%d error body %q, want {"error": "..."}`, a.status, a.body)
+	if _, ok := apierror.Message(a.body); !ok {
+		t.Errorf("%d error body %q has no error message", a.status, a.body)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/infergate/infergate/internal/apierror"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -62,10 +63,11 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// WriteError writes the `{"error": msg}` body every infergate API uses for
-// errors a client can cause.
+// WriteError answers a call to an admin API with status and the
+// `{"error": msg}` body (the serving APIs use apierror.Write, which picks
+// the shape by path).
 func WriteError(w http.ResponseWriter, status int, msg string) {
-	WriteJSON(w, status, map[string]string{"error": msg})
+	apierror.Write(w, "", status, msg, "")
 }
 
 // Listen binds addr for the named use and words a port in use as such.
