@@ -1,16 +1,22 @@
 package model
 
 import (
+	"math/rand/v2"
 	"slices"
 	"testing"
 )
 
-func TestLengthBuckets(t *testing.T) {
-	simpleGo, err := NewBackend("")
+func simpleGoShapes(t *testing.T, smallest, maxTokens int) Shapes {
+	t.Helper()
+	b, err := NewBackend("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer simpleGo.Finalize()
+	t.Cleanup(b.Finalize)
+	return ShapesFor(b, smallest, maxTokens)
+}
+
+func TestShapeLengths(t *testing.T) {
 	for _, tc := range []struct {
 		smallest, maxTokens int
 		want                []int
@@ -23,21 +29,96 @@ func TestLengthBuckets(t *testing.T) {
 		// A limit under the smallest bucket is the only bucket.
 		{16, 8, []int{8}},
 	} {
-		if got := LengthBuckets(simpleGo, tc.smallest, tc.maxTokens); !slices.Equal(got, tc.want) {
-			t.Errorf("LengthBuckets(simplego, %d, %d) = %v, want %v", tc.smallest, tc.maxTokens, got, tc.want)
+		s := simpleGoShapes(t, tc.smallest, tc.maxTokens)
+		if !slices.Equal(s.Length, tc.want) || !s.Split {
+			t.Errorf("SimpleGo shapes(%d, %d): lengths %v split %v, want %v and split", tc.smallest, tc.maxTokens, s.Length, s.Split, tc.want)
 		}
 	}
-	// Any other backend compiles each bucket for seconds: lengths double.
-	if got, want := LengthBuckets(nil, 16, 100), []int{16, 32, 64, 100}; !slices.Equal(got, want) {
-		t.Errorf("LengthBuckets(xla, 16, 100) = %v, want %v", got, want)
+	// Any other backend (nil stands for XLA here) compiles each bucket for
+	// seconds: lengths double and batches run whole.
+	if s := ShapesFor(nil, 16, 100); !slices.Equal(s.Length, []int{16, 32, 64, 100}) || s.Split {
+		t.Errorf("XLA shapes: lengths %v split %v", s.Length, s.Split)
 	}
 }
 
-func TestBucketFor(t *testing.T) {
-	buckets := []int{8, 10, 12, 16}
-	for n, want := range map[int]int{1: 8, 8: 8, 9: 10, 13: 16, 16: 16, 40: 16} {
-		if got := BucketFor(buckets, n); got != want {
-			t.Errorf("BucketFor(%v, %d) = %d, want %d", buckets, n, got, want)
+func TestBucket(t *testing.T) {
+	s := Shapes{Batch: BatchBuckets, Length: []int{8, 10, 12, 16}}
+	for _, tc := range [][4]int{{1, 1, 1, 8}, {3, 9, 4, 10}, {17, 13, 32, 16}, {200, 40, 128, 16}} {
+		if rows, length := s.Bucket(tc[0], tc[1]); rows != tc[2] || length != tc[3] {
+			t.Errorf("Bucket(%d, %d) = %d, %d; want %d, %d", tc[0], tc[1], rows, length, tc[2], tc[3])
 		}
+	}
+}
+
+// paddedWork is what a plan costs: padded row-tokens plus perExecution
+// for each execution.
+func paddedWork(s Shapes, lengths []int, plan [][]int) int {
+	work := 0
+	for _, run := range plan {
+		longest := 0
+		for _, i := range run {
+			longest = max(longest, lengths[i])
+		}
+		rows, length := s.Bucket(len(run), longest)
+		work += perExecution + rows*length
+	}
+	return work
+}
+
+func TestPlanCoversTheBatchOnceWithinTheBuckets(t *testing.T) {
+	split := simpleGoShapes(t, 8, 128)
+	whole := ShapesFor(nil, 8, 128)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{0, 1, 5, 32, 129, 300} {
+		lengths := make([]int, n)
+		for i := range lengths {
+			lengths[i] = 1 + rng.IntN(128)
+		}
+		for _, s := range []Shapes{split, whole} {
+			plan := s.Plan(lengths)
+			seen := make([]bool, n)
+			for _, run := range plan {
+				if len(run) == 0 || len(run) > 128 {
+					t.Fatalf("split=%v n=%d: a run of %d", s.Split, n, len(run))
+				}
+				for _, i := range run {
+					if seen[i] {
+						t.Fatalf("split=%v n=%d: index %d twice", s.Split, n, i)
+					}
+					seen[i] = true
+				}
+			}
+			if slices.Contains(seen, false) {
+				t.Fatalf("split=%v n=%d: an index is missing from %v", s.Split, n, plan)
+			}
+		}
+		// Without Split the chunks keep the batch's order.
+		if plan := whole.Plan(lengths); n > 0 && (plan[0][0] != 0 || len(plan) != (n+127)/128) {
+			t.Errorf("n=%d: unsplit plan %v", n, plan)
+		}
+		// The split plan never costs more than running the batch whole.
+		if n > 0 && paddedWork(split, lengths, split.Plan(lengths)) > paddedWork(split, lengths, whole.Plan(lengths)) {
+			t.Errorf("n=%d: the split plan costs more than the unsplit one", n)
+		}
+	}
+}
+
+func TestPlanSplitsOnlyWhenItSavesWork(t *testing.T) {
+	s := simpleGoShapes(t, 8, 128)
+	// Similar lengths: one execution.
+	if plan := s.Plan([]int{17, 19, 20, 18}); len(plan) != 1 {
+		t.Errorf("similar lengths split into %v", plan)
+	}
+	// 16 short and 16 long: two executions, short ones together.
+	lengths := make([]int, 32)
+	for i := range lengths {
+		lengths[i] = 8
+		if i%2 == 1 {
+			lengths[i] = 120
+		}
+	}
+	plan := s.Plan(lengths)
+	if len(plan) != 2 || len(plan[0]) != 16 || lengths[plan[0][0]] != 8 || lengths[plan[1][0]] != 120 {
+		t.Errorf("8s and 120s planned as %v", plan)
 	}
 }

@@ -5,8 +5,8 @@
 // the model's tokenizer.json; pooling (masked mean or [CLS]) and the
 // optional L2 normalisation run inside the compiled graph.
 //
-// Batches are padded to a few shape buckets so that only a handful of
-// graphs is ever compiled, whatever mix of lengths arrives.
+// Batches are padded to shape buckets (model.Shapes) so that only a
+// bounded set of graphs is ever compiled, whatever mix of lengths arrives.
 package onnxenc
 
 import (
@@ -36,8 +36,6 @@ const (
 
 // DefaultMaxTokens is MaxTokens when Options leaves it zero.
 const DefaultMaxTokens = 256
-
-var batchBuckets = model.BatchBuckets
 
 // minSeqBucket is the smallest padded sequence length.
 const minSeqBucket = 16
@@ -83,7 +81,7 @@ type Encoder struct {
 	feeds     []feed // graph inputs, in the order the executables take them
 	dim       int
 	numIDs    int
-	seqBucket []int
+	shapes    model.Shapes
 
 	// buildMu serialises graph conversion: onnx-gomlx's Model is not meant
 	// for concurrent conversions, and callModel edits its input list.
@@ -152,7 +150,7 @@ func Load(opts Options, backend backends.Backend) (*Encoder, error) {
 		gatherNDs: gatherNDs,
 		backend:   backend,
 		numIDs:    tok.NumIDs(),
-		seqBucket: model.LengthBuckets(backend, minSeqBucket, opts.MaxTokens),
+		shapes:    model.ShapesFor(backend, minSeqBucket, opts.MaxTokens),
 		execs:     map[bucket]*mlctx.Exec{},
 	}
 	if err := e.wireInputs(); err != nil {

@@ -10,25 +10,33 @@ import (
 	. "github.com/gomlx/gomlx/pkg/core/graph" //nolint:revive // GoMLX graph code reads best with its ops unqualified.
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
-	"github.com/infergate/infergate/engine/model"
 )
 
 // errClosed is returned by Embed and WarmupBatches after Close.
 var errClosed = errors.New("onnxenc: encoder is closed")
 
-// run embeds batch in chunks of at most the largest batch bucket.
+// run embeds batch as the executions e.shapes plans.
 func (e *Encoder) run(ctx context.Context, batch [][]int32) ([][]float32, error) {
-	out := make([][]float32, 0, len(batch))
-	maxBatch := batchBuckets[len(batchBuckets)-1]
-	for start := 0; start < len(batch); start += maxBatch {
+	lengths := make([]int, len(batch))
+	for i, seq := range batch {
+		lengths[i] = len(seq)
+	}
+	out := make([][]float32, len(batch))
+	for _, run := range e.shapes.Plan(lengths) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		vecs, err := e.runChunk(batch[start:min(start+maxBatch, len(batch))])
+		chunk := make([][]int32, len(run))
+		for k, i := range run {
+			chunk[k] = batch[i]
+		}
+		vecs, err := e.runChunk(chunk)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, vecs...)
+		for k, i := range run {
+			out[i] = vecs[k]
+		}
 	}
 	return out, nil
 }
@@ -42,13 +50,12 @@ func (e *Encoder) WarmupBatches(ctx context.Context, maxBatch, maxTokens int) er
 	if e.closed {
 		return errClosed
 	}
-	topBatch := model.BucketFor(batchBuckets, max(1, maxBatch))
-	topSeq := model.BucketFor(e.seqBucket, max(1, min(maxTokens, e.opts.MaxTokens)))
-	for _, rows := range batchBuckets {
+	topBatch, topSeq := e.shapes.Bucket(max(1, maxBatch), max(1, min(maxTokens, e.opts.MaxTokens)))
+	for _, rows := range e.shapes.Batch {
 		if rows > topBatch {
 			break
 		}
-		for _, seq := range e.seqBucket {
+		for _, seq := range e.shapes.Length {
 			if seq > topSeq {
 				break
 			}
@@ -69,7 +76,8 @@ func (e *Encoder) runChunk(chunk [][]int32) ([][]float32, error) {
 	for _, seq := range chunk {
 		longest = max(longest, len(seq))
 	}
-	b := bucket{batch: model.BucketFor(batchBuckets, len(chunk)), seq: model.BucketFor(e.seqBucket, longest)}
+	rows, seq := e.shapes.Bucket(len(chunk), longest)
+	b := bucket{batch: rows, seq: seq}
 	ex, err := e.executable(b)
 	if err != nil {
 		return nil, err

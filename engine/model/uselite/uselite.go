@@ -19,20 +19,15 @@ import (
 	"github.com/infergate/infergate/engine/model"
 )
 
-// A batch is padded up to the next shape bucket in each direction
-// (model.BatchBuckets rows; model.LengthBuckets tokens from smallestLength
-// up to the model's own limit of 128), so only a bounded set of graphs is
-// ever compiled.
+// smallestLength is the shortest padded length (model.Shapes has the rest).
 const smallestLength = 8
-
-var batchBuckets = model.BatchBuckets
 
 // Encoder is USE-Lite on a GoMLX backend. It is safe for concurrent use.
 type Encoder struct {
-	tok     *tokenizer
-	net     *network
-	exec    *graph.Exec
-	lengths []int // padded lengths, up to the model's limit
+	tok    *tokenizer
+	net    *network
+	exec   *graph.Exec
+	shapes model.Shapes
 
 	// closeMu makes Close wait for running Embed calls; closed is set
 	// under its write lock.
@@ -86,13 +81,13 @@ func Load(dir string, backend backends.Backend) (*Encoder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("uselite: %w", err)
 	}
-	lengths := model.LengthBuckets(backend, smallestLength, net.maxLen)
-	exec.SetMaxCache(len(batchBuckets) * len(lengths))
+	shapes := model.ShapesFor(backend, smallestLength, net.maxLen)
+	exec.SetMaxCache(len(shapes.Batch) * len(shapes.Length))
 	return &Encoder{
 		tok:      tok,
 		net:      net,
 		exec:     exec.WithName("uselite"),
-		lengths:  lengths,
+		shapes:   shapes,
 		compiled: make(map[Bucket]time.Duration),
 	}, nil
 }
@@ -117,8 +112,9 @@ func (e *Encoder) Dim() int { return e.net.dim }
 // it, and Embed does the same.
 func (e *Encoder) MaxTokens() int { return e.net.maxLen }
 
-// Embed returns the L2-normalised 512-d embedding of each sequence. Batches
-// larger than the biggest bucket run as several executions. An empty
+// Embed returns the L2-normalised 512-d embedding of each sequence. The
+// batch runs as the executions model.Shapes.Plan gives: chunks of the
+// biggest batch bucket and, on SimpleGo, runs of similar lengths. An empty
 // sequence or a token id outside the vocabulary is an error.
 func (e *Encoder) Embed(ctx context.Context, batch [][]int32) ([][]float32, error) {
 	for i, seq := range batch {
@@ -136,25 +132,28 @@ func (e *Encoder) Embed(ctx context.Context, batch [][]int32) ([][]float32, erro
 	if e.closed {
 		return nil, errors.New("uselite: encoder is closed")
 	}
-	out := make([][]float32, 0, len(batch))
-	maxBatch := batchBuckets[len(batchBuckets)-1]
-	for start := 0; start < len(batch); start += maxBatch {
+	lengths := make([]int, len(batch))
+	for i, seq := range batch {
+		lengths[i] = min(len(seq), e.net.maxLen)
+	}
+	out := make([][]float32, len(batch))
+	for _, run := range e.shapes.Plan(lengths) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		chunk := batch[start:min(start+maxBatch, len(batch))]
+		chunk := make([][]int32, len(run))
+		for k, i := range run {
+			chunk[k] = batch[i]
+		}
 		vectors, err := e.run(chunk)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, vectors...)
+		for k, i := range run {
+			out[i] = vectors[k]
+		}
 	}
 	return out, nil
-}
-
-// bucket returns the padded (batch, length) shape for a chunk.
-func (e *Encoder) bucket(rows, longest int) (int, int) {
-	return model.BucketFor(batchBuckets, rows), model.BucketFor(e.lengths, longest)
 }
 
 // run embeds at most one batch bucket's worth of sequences.
@@ -163,7 +162,7 @@ func (e *Encoder) run(chunk [][]int32) ([][]float32, error) {
 	for _, seq := range chunk {
 		longest = max(longest, min(len(seq), e.net.maxLen))
 	}
-	rows, length := e.bucket(len(chunk), longest)
+	rows, length := e.shapes.Bucket(len(chunk), longest)
 	ids := make([]int32, rows*length)
 	lengths := make([]int32, rows)
 	for i, seq := range chunk {
@@ -248,7 +247,7 @@ func (e *Encoder) ensureCompiled(rows, length int, args []any) error {
 // compilation: instant on SimpleGo, about 1-3 s per bucket on XLA/CUDA
 // (see WarmupBatches to stop at the engine's largest batch).
 func (e *Encoder) Warmup(ctx context.Context) error {
-	return e.WarmupBatches(ctx, batchBuckets[len(batchBuckets)-1], e.MaxTokens())
+	return e.WarmupBatches(ctx, e.shapes.Batch[len(e.shapes.Batch)-1], e.MaxTokens())
 }
 
 // WarmupBatches compiles the graphs of the batch buckets up to maxBatch at
@@ -261,12 +260,12 @@ func (e *Encoder) WarmupBatches(ctx context.Context, maxBatch, maxTokens int) er
 	if e.closed {
 		return errors.New("uselite: encoder is closed")
 	}
-	topRows, topLength := e.bucket(max(1, min(maxBatch, batchBuckets[len(batchBuckets)-1])), max(1, maxTokens))
-	for _, rows := range batchBuckets {
+	topRows, topLength := e.shapes.Bucket(max(1, maxBatch), max(1, maxTokens))
+	for _, rows := range e.shapes.Batch {
 		if rows > topRows {
 			break
 		}
-		for _, length := range e.lengths {
+		for _, length := range e.shapes.Length {
 			if length > topLength {
 				break
 			}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -131,7 +132,9 @@ func TestEmbedMatchesTFJS(t *testing.T) {
 		t.Fatalf("Dim, MaxTokens = %d, %d; want 512, 128", enc.Dim(), enc.MaxTokens())
 	}
 
-	// All at once: rows of very different lengths share one padded bucket.
+	// All at once: on XLA rows of very different lengths share one padded
+	// bucket; on SimpleGo the batch runs as executions of similar lengths,
+	// whose vectors must come back in the batch's order.
 	together, err := enc.Embed(context.Background(), batch)
 	if err != nil {
 		t.Fatal(err)
@@ -380,6 +383,38 @@ func BenchmarkEmbed(b *testing.B) {
 			seconds := b.Elapsed().Seconds()
 			b.ReportMetric(float64(b.N*size)/seconds, "sentences/s")
 			b.ReportMetric(float64(b.N*tokens)/seconds, "tokens/s")
+		})
+	}
+}
+
+// BenchmarkEmbedMixedLengths runs 32 sequences of 8 to 64 tokens as one
+// padded execution ("whole", as on XLA) and as the executions of similar
+// lengths SimpleGo's Shapes plan ("split").
+func BenchmarkEmbedMixedLengths(b *testing.B) {
+	enc := testEncoder(b)
+	rng := rand.New(rand.NewPCG(7, 7))
+	batch := make([][]int32, 32)
+	for i := range batch {
+		batch[i] = make([]int32, 8+rng.IntN(57))
+		for j := range batch[i] {
+			batch[i][j] = int32(5 + rng.IntN(1000))
+		}
+	}
+	split := enc.shapes
+	defer func() { enc.shapes = split }()
+	for _, mode := range []string{"whole", "split"} {
+		enc.shapes.Split = mode == "split"
+		b.Run(mode, func(b *testing.B) {
+			if _, err := enc.Embed(context.Background(), batch); err != nil { // compile outside the timer
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := enc.Embed(context.Background(), batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "sentences/s")
 		})
 	}
 }
