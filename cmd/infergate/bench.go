@@ -52,6 +52,7 @@ func init() {
 	f.String("concurrency", "1,8,32,64", "closed-loop concurrency levels")
 	f.String("rate", "", "open-loop Poisson rates in requests/s (e.g. 50,100)")
 	f.Int("inputs", 1, "texts per request")
+	f.String("texts", "", "file of texts to send, one per line, e.g. a sample of your traffic (default: generated 8-20-word sentences)")
 	f.Int("workers", 0, "override the model's workers in every in-process mode (default: as configured)")
 	f.Duration("warmup", 2*time.Second, "load before measuring each point")
 	f.Duration("window", 4*time.Second, "length of one measurement window (alias --duration)")
@@ -138,6 +139,11 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	}
 	plan.backend = cfg.Engine.Backend
 	plan.texts = loadgen.Corpus(4096)
+	if path, _ := f.GetString("texts"); path != "" {
+		if plan.texts, err = readTexts(path); err != nil {
+			return fmt.Errorf("bench: --texts: %w", err)
+		}
+	}
 
 	ctx := cmd.Context()
 	out := cmd.OutOrStdout()
@@ -385,4 +391,22 @@ func writeBenchFiles(results []loadgen.Result, modelName, csvPath, jsonPath, plo
 		return loadgen.Plot(plotPath, fmt.Sprintf("infergate engine, %s (ceiling latency is per batch)", modelName), results)
 	}
 	return nil
+}
+
+// readTexts reads one text per non-blank line of path.
+func readTexts(path string) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var texts []string
+	for line := range strings.Lines(string(data)) {
+		if t := strings.TrimSpace(line); t != "" {
+			texts = append(texts, t)
+		}
+	}
+	if len(texts) == 0 {
+		return nil, fmt.Errorf("%s holds no text", path)
+	}
+	return texts, nil
 }

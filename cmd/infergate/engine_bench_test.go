@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 )
@@ -80,6 +81,52 @@ func TestBenchAgainstURLAndFrom(t *testing.T) {
 	bad.Stderr = &stderr
 	if err := bad.Run(); err == nil || !strings.Contains(stderr.String(), `"x" is not a number`) {
 		t.Fatalf("bad --concurrency: %v %q", err, stderr.String())
+	}
+}
+
+// `--texts` sends the lines of a file (a sample of the user's traffic)
+// instead of the generated sentences; a file without text is refused.
+func TestBenchSendsTheGivenTexts(t *testing.T) {
+	var mu sync.Mutex
+	sent := map[string]bool{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req struct{ Input []string }
+		if json.NewDecoder(r.Body).Decode(&req) == nil {
+			mu.Lock()
+			for _, in := range req.Input {
+				sent[in] = true
+			}
+			mu.Unlock()
+		}
+		w.Write([]byte(`{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5]}]}`))
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+	texts := filepath.Join(dir, "texts.txt")
+	os.WriteFile(texts, []byte("short one\n\n  a much longer text about the refund policy  \n"), 0o644)
+	cmd := infergate("bench", "--url", srv.URL, "--texts", texts, "--concurrency", "1", "--warmup", "20ms",
+		"--duration", "50ms", "--max-windows", "3")
+	if stdout, err := cmd.Output(); err != nil {
+		t.Fatalf("bench --texts: %v\n%s", err, stdout)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !sent["short one"] || !sent["a much longer text about the refund policy"] {
+		t.Errorf("the engine was not sent the file's texts: %v", sent)
+	}
+	for in := range sent {
+		if !strings.HasPrefix(in, "short one") && !strings.HasPrefix(in, "a much longer text") {
+			t.Errorf("sent %q, not from the file", in)
+		}
+	}
+
+	empty := filepath.Join(dir, "empty.txt")
+	os.WriteFile(empty, []byte("\n  \n"), 0o644)
+	bad := infergate("bench", "--url", srv.URL, "--texts", empty)
+	var stderr bytes.Buffer
+	bad.Stderr = &stderr
+	if err := bad.Run(); err == nil || !strings.Contains(stderr.String(), "holds no text") {
+		t.Fatalf("empty --texts: %v %q", err, stderr.String())
 	}
 }
 
