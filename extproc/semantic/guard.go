@@ -172,11 +172,13 @@ func (g *guard) analyze(text string) features {
 		if isNegation(t.lower) {
 			f.negations++
 		}
-		if name := strings.TrimSuffix(t.lower, "'s"); isEntity(t) && !seenEntity[name] {
+		// "Australia's" names Australia.
+		name := strings.TrimSuffix(t.lower, "'s")
+		if isEntity(t) && !seenEntity[name] {
 			seenEntity[name] = true
 			f.entities = append(f.entities, name)
 		}
-		if name := strings.TrimSuffix(t.lower, "'s"); seenEntity[name] {
+		if seenEntity[name] {
 			anchor(name)
 		}
 	}
