@@ -2,6 +2,7 @@ package model
 
 import (
 	"cmp"
+	"context"
 	"slices"
 
 	"github.com/gomlx/gomlx/backends"
@@ -102,6 +103,34 @@ func (s Shapes) Plan(lengths []int) [][]int {
 	}
 	slices.Reverse(runs)
 	return runs
+}
+
+// Run embeds batch as the executions Plan gives, calling execute once per
+// execution with its sequences, and returns the vectors in batch's order.
+// Sequences count as at most maxTokens long, as the encoder truncates.
+func (s Shapes) Run(ctx context.Context, batch [][]int32, maxTokens int, execute func([][]int32) ([][]float32, error)) ([][]float32, error) {
+	lengths := make([]int, len(batch))
+	for i, seq := range batch {
+		lengths[i] = min(len(seq), maxTokens)
+	}
+	out := make([][]float32, len(batch))
+	for _, run := range s.Plan(lengths) {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		seqs := make([][]int32, len(run))
+		for k, i := range run {
+			seqs[k] = batch[i]
+		}
+		vecs, err := execute(seqs)
+		if err != nil {
+			return nil, err
+		}
+		for k, i := range run {
+			out[i] = vecs[k]
+		}
+	}
+	return out, nil
 }
 
 func chunks(order []int, size int) [][]int {

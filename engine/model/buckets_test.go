@@ -1,6 +1,7 @@
 package model
 
 import (
+	"context"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -120,5 +121,37 @@ func TestPlanSplitsOnlyWhenItSavesWork(t *testing.T) {
 	plan := s.Plan(lengths)
 	if len(plan) != 2 || len(plan[0]) != 16 || lengths[plan[0][0]] != 8 || lengths[plan[1][0]] != 120 {
 		t.Errorf("8s and 120s planned as %v", plan)
+	}
+}
+
+// Run hands each planned execution its sequences and puts the vectors back
+// in the batch's order; it stops at a canceled context.
+func TestRunKeepsTheBatchOrder(t *testing.T) {
+	s := simpleGoShapes(t, 8, 128)
+	batch := [][]int32{make([]int32, 120), make([]int32, 3), make([]int32, 200), make([]int32, 5)}
+	var executions int
+	out, err := s.Run(context.Background(), batch, 128, func(seqs [][]int32) ([][]float32, error) {
+		executions++
+		vecs := make([][]float32, len(seqs))
+		for i, seq := range seqs {
+			vecs[i] = []float32{float32(len(seq))}
+		}
+		return vecs, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, seq := range batch {
+		if out[i][0] != float32(len(seq)) {
+			t.Errorf("vector %d is that of a %v-token sequence, want %d", i, out[i][0], len(seq))
+		}
+	}
+	if executions != 2 {
+		t.Errorf("%d executions for two short and two long sequences, want 2", executions)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Run(ctx, batch, 128, nil); err != context.Canceled {
+		t.Errorf("canceled: err = %v", err)
 	}
 }

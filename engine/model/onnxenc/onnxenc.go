@@ -165,7 +165,7 @@ func Load(opts Options, backend backends.Backend) (*Encoder, error) {
 	}
 	// Compile the smallest bucket now and learn the width where the graph
 	// leaves it dynamic.
-	out, err := e.run(context.Background(), [][]int32{{0}})
+	out, err := e.runChunk([][]int32{{0}})
 	if err != nil {
 		return nil, fmt.Errorf("%w (model %s)", err, opts.ModelPath)
 	}
@@ -272,7 +272,7 @@ func (e *Encoder) Embed(ctx context.Context, batch [][]int32) ([][]float32, erro
 	if e.closed {
 		return nil, errClosed
 	}
-	return e.run(ctx, batch)
+	return e.shapes.Run(ctx, batch, e.opts.MaxTokens, e.runChunk)
 }
 
 // Close implements model.Encoder: it drops the compiled graphs, after

@@ -15,32 +15,6 @@ import (
 // errClosed is returned by Embed and WarmupBatches after Close.
 var errClosed = errors.New("onnxenc: encoder is closed")
 
-// run embeds batch as the executions e.shapes plans.
-func (e *Encoder) run(ctx context.Context, batch [][]int32) ([][]float32, error) {
-	lengths := make([]int, len(batch))
-	for i, seq := range batch {
-		lengths[i] = len(seq)
-	}
-	out := make([][]float32, len(batch))
-	for _, run := range e.shapes.Plan(lengths) {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		chunk := make([][]int32, len(run))
-		for k, i := range run {
-			chunk[k] = batch[i]
-		}
-		vecs, err := e.runChunk(chunk)
-		if err != nil {
-			return nil, err
-		}
-		for k, i := range run {
-			out[i] = vecs[k]
-		}
-	}
-	return out, nil
-}
-
 // WarmupBatches compiles the buckets of batches of up to maxBatch
 // sequences of up to maxTokens tokens (each bound rounded up to its
 // bucket), without running them.

@@ -132,28 +132,7 @@ func (e *Encoder) Embed(ctx context.Context, batch [][]int32) ([][]float32, erro
 	if e.closed {
 		return nil, errors.New("uselite: encoder is closed")
 	}
-	lengths := make([]int, len(batch))
-	for i, seq := range batch {
-		lengths[i] = min(len(seq), e.net.maxLen)
-	}
-	out := make([][]float32, len(batch))
-	for _, run := range e.shapes.Plan(lengths) {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		chunk := make([][]int32, len(run))
-		for k, i := range run {
-			chunk[k] = batch[i]
-		}
-		vectors, err := e.run(chunk)
-		if err != nil {
-			return nil, err
-		}
-		for k, i := range run {
-			out[i] = vectors[k]
-		}
-	}
-	return out, nil
+	return e.shapes.Run(ctx, batch, e.net.maxLen, e.run)
 }
 
 // run embeds at most one batch bucket's worth of sequences.
