@@ -7,7 +7,8 @@
 # log, continuing past failures, most important first:
 #   1. golden-vector self-test of USE-Lite on the XLA backend (the GPU)
 #   2. the engine on the GPU with dynamic batching: bench sweep over
-#      concurrency, NVML gauges scraped from /metrics under load
+#      concurrency, NVML gauges scraped from /metrics under load, and one
+#      point with texts of mixed lengths
 #   3. the same engine unbatched (max_batch_size 1): bench sweep
 #   4. the in-process ceiling (the runtime alone at the same batch sizes)
 #   5. PyTorch baseline: a BERT-shaped encoder, measured at fixed shapes and
@@ -18,7 +19,7 @@
 #
 # DRY_RUN=1 runs the discovery for real and prints every command instead of
 # running it, so the script can be checked on a machine without a GPU.
-# Knobs (environment): OUT BIN MODEL_DIR PORT CONCURRENCY ONNX_CONCURRENCY
+# Knobs (environment): OUT BIN MODEL_DIR PORT CONCURRENCY MIXED_CONCURRENCY ONNX_CONCURRENCY
 # QUEUE_DELAY EXTRA_QUEUE_DELAYS XLA_OPTIONS (e.g. memory_fraction=0.5)
 # BATCH_SIZES WINDOW
 # WARMUP MAX_WINDOWS CEIL_WINDOW SEQ_LEN SKIP_STEPS (e.g. selftest-tf32,ceiling-onnx) WORKERS MAX_BATCH BUDGET_S ENGINE_BACKEND
@@ -40,6 +41,7 @@ MODEL_DIR=${MODEL_DIR:-models/use-lite}
 PORT=${PORT:-18080}
 CONCURRENCY=${CONCURRENCY:-1,8,32,64,128,256}
 ONNX_CONCURRENCY=${ONNX_CONCURRENCY:-1,32,256}
+MIXED_CONCURRENCY=${MIXED_CONCURRENCY:-256}
 # The dynamic engine's max_queue_delay, and others to sweep after it
 # (comma-separated, e.g. 0s,500us), each in an engine of its own.
 QUEUE_DELAY=${QUEUE_DELAY:-2ms}
@@ -378,6 +380,12 @@ if ((INPUTS_OK == 0)) || [[ $DRY_RUN == 1 ]]; then
     start_sampler "$OUT/gpu-metrics-under-load.txt"
     bench_sweep bench-dynamic use-lite
     stop_sampler
+    # Texts of mixed lengths (docs/bench/mixed-lengths.txt) at one load:
+    # what padding a batch to its longest text costs on the GPU, where a
+    # batch runs whole (on SimpleGo it is split by length: BENCHMARKS.md).
+    step bench-mixed 150 "$BIN" bench --url "$URL" --model use-lite --texts "$ROOT/docs/bench/mixed-lengths.txt" \
+      --concurrency "$MIXED_CONCURRENCY" --duration "$WINDOW" --warmup "$WARMUP" --max-windows "$MAX_WINDOWS" \
+      --json "$OUT/bench-mixed.json" --csv "$OUT/bench-mixed.csv"
     if [[ $DRY_RUN != 1 ]]; then
       fetch "$URL/metrics" >"$OUT/metrics-after-dynamic.txt" 2>&1
       n=$(grep -c '^infergate_gpu_' "$OUT/metrics-after-dynamic.txt")
