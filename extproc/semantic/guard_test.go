@@ -2,6 +2,9 @@ package semantic
 
 import "testing"
 
+// defaultGuard has the built-in synonyms only.
+var defaultGuard = newGuard(nil)
+
 func TestGuardRefusesWhatEmbeddingsBlur(t *testing.T) {
 	for _, tc := range []struct{ a, b, reason string }{
 		{"What is 15% of 200?", "What is 15% of 300?", refuseNumber},

@@ -105,9 +105,6 @@ type guard struct {
 	synonyms map[string]string
 }
 
-// defaultGuard has the built-in synonyms only.
-var defaultGuard = newGuard(nil)
-
 // newGuard adds groups of synonyms, each of two or more lower-case words,
 // to the built-in ones.
 func newGuard(groups [][]string) *guard {
