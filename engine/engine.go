@@ -240,7 +240,7 @@ func (s *Server) loadModel(ctx context.Context, sv *served) error {
 		PriorityLevels: m.PriorityLevels,
 
 		PreferredBatchSizes: m.PreferredBatchSizes,
-	}, runFunc(enc), s.metrics)
+	}, enc.Embed, s.metrics)
 	if err != nil {
 		return err
 	}
@@ -257,15 +257,6 @@ func (s *Server) loadModel(ctx context.Context, sv *served) error {
 	sv.ready.Store(true)
 	s.log.Info("model ready", "model", m.Name, "dim", enc.Dim(), "max_tokens", enc.MaxTokens(), "took", time.Since(start).Round(time.Millisecond))
 	return nil
-}
-
-// runFunc is how the batcher runs enc: execution by execution when enc
-// can hand out each one's vectors, else the whole batch at once.
-func runFunc(enc model.Encoder) batcher.RunFunc {
-	if s, ok := enc.(model.Streamer); ok {
-		return s.EmbedEach
-	}
-	return batcher.Whole(enc.Embed)
 }
 
 // shutdownModels drains every batcher, then frees the encoders and the

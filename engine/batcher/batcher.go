@@ -20,10 +20,7 @@
 // Its items may be split across consecutive batches, and so across
 // workers: a 100-text request with MaxBatchSize 32 runs as 32+32+32+4,
 // and requests queued behind it join the last batch. A request completes
-// when the runner has emitted its last item's vector, which may be before
-// the batch ends (a runner that splits a batch by length emits its short
-// sequences first); any failed batch fails the requests it has not
-// answered.
+// when its last item has been computed; any failed batch fails it.
 //
 // A request whose context ends (client gone, deadline passed) is dropped
 // from the queue at once and any of its items already picked are filtered
@@ -47,33 +44,9 @@ var (
 	ErrClosed = errors.New("batcher is shutting down")
 )
 
-// RunFunc computes one batch on a worker goroutine. It hands over the
-// vectors with emit, as they become ready: emit(indices, vectors) gives
-// vectors[k] for batch[indices[k]], and every index must be emitted once
-// before RunFunc returns nil. A request completes as soon as its last
-// vector is emitted, so a runner that executes a batch in parts (short
-// sequences first) answers their requests before the batch ends.
-type RunFunc func(ctx context.Context, batch [][]int32, emit func(indices []int, vectors [][]float32)) error
-
-// Whole adapts a function that computes a batch in one go, one vector per
-// sequence in order, to a RunFunc.
-func Whole(run func(ctx context.Context, batch [][]int32) ([][]float32, error)) RunFunc {
-	return func(ctx context.Context, batch [][]int32, emit func([]int, [][]float32)) error {
-		out, err := run(ctx, batch)
-		if err != nil {
-			return err
-		}
-		if len(out) != len(batch) {
-			return fmt.Errorf("%d vectors for %d inputs", len(out), len(batch))
-		}
-		indices := make([]int, len(out))
-		for i := range indices {
-			indices[i] = i
-		}
-		emit(indices, out)
-		return nil
-	}
-}
+// RunFunc computes one batch: one output vector per input sequence, in
+// order. It runs on a worker goroutine.
+type RunFunc func(ctx context.Context, batch [][]int32) ([][]float32, error)
 
 // Config is one model's batching policy; see config.EngineModel.
 type Config struct {
@@ -547,8 +520,6 @@ func (b *Batcher) execute(batch []slice) {
 	}
 	var (
 		seqs [][]int32
-		// dest[p] is where the vector of seqs[p] goes.
-		dest []itemRef
 		// Only what clients sent is counted.
 		items, tokens int
 	)
@@ -556,53 +527,20 @@ func (b *Batcher) execute(batch []slice) {
 		if s.end == len(s.req.items) && !s.req.warmup {
 			b.metrics.queued(time.Since(s.req.enqueued))
 		}
-		for k := s.start; k < s.end; k++ {
-			seqs = append(seqs, s.req.items[k])
-			dest = append(dest, itemRef{req: s.req, item: k})
+		for _, it := range s.req.items[s.start:s.end] {
+			seqs = append(seqs, it)
 			if !s.req.warmup {
 				items++
-				tokens += len(s.req.items[k])
-			}
-		}
-	}
-	var (
-		emitted = make([]bool, len(seqs))
-		count   int
-		bad     error
-	)
-	emit := func(indices []int, vectors [][]float32) {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		if len(indices) != len(vectors) {
-			bad = fmt.Errorf("model %s emitted %d vectors for %d inputs", b.cfg.Model, len(vectors), len(indices))
-			return
-		}
-		for k, p := range indices {
-			if p < 0 || p >= len(seqs) || emitted[p] {
-				bad = fmt.Errorf("model %s emitted input %d twice or out of range", b.cfg.Model, p)
-				return
-			}
-			emitted[p] = true
-			count++
-			if r := dest[p].req; !r.finished {
-				r.out[dest[p].item] = vectors[k]
-				if r.remaining--; r.remaining == 0 {
-					b.finishLocked(r, nil)
-				}
+				tokens += len(it)
 			}
 		}
 	}
 	start := time.Now()
-	err := b.run(b.runCtx, seqs, emit)
+	out, err := b.run(b.runCtx, seqs)
 	elapsed := time.Since(start)
-	b.mu.Lock()
-	if err == nil {
-		err = bad
+	if err == nil && len(out) != len(seqs) {
+		err = fmt.Errorf("model %s returned %d vectors for %d inputs", b.cfg.Model, len(out), len(seqs))
 	}
-	if err == nil && count != len(seqs) {
-		err = fmt.Errorf("model %s returned %d vectors for %d inputs", b.cfg.Model, count, len(seqs))
-	}
-	b.mu.Unlock()
 	if err != nil && b.runCtx.Err() != nil {
 		// Close cut the drain short: the server gave up, not the client.
 		err = ErrClosed
@@ -620,16 +558,20 @@ func (b *Batcher) execute(batch []slice) {
 	} else {
 		b.computeEWMA = (7*b.computeEWMA + elapsed) / 8
 	}
-	if err != nil {
-		// Requests already answered keep their answer.
-		for _, s := range live {
+	i := 0
+	for _, s := range live {
+		n := s.end - s.start
+		if err != nil {
 			b.finishLocked(s.req, err)
+			continue
 		}
+		if !s.req.finished {
+			copy(s.req.out[s.start:s.end], out[i:i+n])
+			s.req.remaining -= n
+			if s.req.remaining == 0 {
+				b.finishLocked(s.req, nil)
+			}
+		}
+		i += n
 	}
-}
-
-// itemRef is one item of a request.
-type itemRef struct {
-	req  *request
-	item int
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -83,7 +82,7 @@ func testConfig() Config {
 
 func newBatcher(t *testing.T, cfg Config, g *gatedRunner) *Batcher {
 	t.Helper()
-	b, err := New(cfg, Whole(g.run), nil)
+	b, err := New(cfg, g.run, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,12 +98,6 @@ func (b *Batcher) acceptedCount() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.accepted
-}
-
-func (b *Batcher) runningCount() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.running
 }
 
 type result struct {
@@ -461,7 +454,7 @@ func TestBoundedQueueRejectsWhenFull(t *testing.T) {
 	cfg.QueueSize = 2
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	b, err := New(cfg, Whole(g.run), m)
+	b, err := New(cfg, g.run, m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -505,7 +498,7 @@ func TestWarmRunsButIsNotCounted(t *testing.T) {
 	g := newGatedRunner(false)
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	b, err := New(testConfig(), Whole(g.run), m)
+	b, err := New(testConfig(), g.run, m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -552,7 +545,7 @@ func TestRequestSplitAcrossBatches(t *testing.T) {
 
 func TestRunnerErrorFailsRequest(t *testing.T) {
 	boom := errors.New("boom")
-	b, err := New(testConfig(), Whole(func(context.Context, [][]int32) ([][]float32, error) { return nil, boom }), nil)
+	b, err := New(testConfig(), func(context.Context, [][]int32) ([][]float32, error) { return nil, boom }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -562,103 +555,10 @@ func TestRunnerErrorFailsRequest(t *testing.T) {
 	}
 }
 
-// A runner that emits part of a batch early answers those requests at
-// once: a short text need not wait for the long ones in its batch.
-func TestEmittedPartAnswersItsRequestsFirst(t *testing.T) {
-	// Sequences of one token are emitted at once; a longer one waits for
-	// the channel of its length.
-	hold := map[int]chan struct{}{2: make(chan struct{}), 50: make(chan struct{})}
-	b, err := New(testConfig(), func(_ context.Context, batch [][]int32, emit func([]int, [][]float32)) error {
-		for i, s := range batch {
-			if len(s) == 1 {
-				emit([]int{i}, [][]float32{{1}})
-			}
-		}
-		for i, s := range batch {
-			if len(s) > 1 {
-				<-hold[len(s)]
-				emit([]int{i}, [][]float32{{float32(len(s))}})
-			}
-		}
-		return nil
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close(context.Background())
-	done := make(chan error, 3)
-	// The first batch keeps the worker busy while the next two requests
-	// queue, so that they share a batch.
-	go func() { _, err := b.Do(context.Background(), [][]int32{seq(1, 2)}, 1); done <- err }()
-	for b.runningCount() == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	mixed := make(chan [][]float32, 1)
-	go func() {
-		out, err := b.Do(context.Background(), [][]int32{seq(7, 50), seq(8, 1)}, 1)
-		mixed <- out
-		done <- err
-	}()
-	short := make(chan [][]float32, 1)
-	go func() {
-		out, err := b.Do(context.Background(), [][]int32{seq(9, 1)}, 1)
-		short <- out
-		done <- err
-	}()
-	for b.Depth() < 2 {
-		time.Sleep(time.Millisecond)
-	}
-	close(hold[2])
-	if out := <-short; len(out) != 1 || out[0][0] != 1 {
-		t.Fatalf("short text: %v", out)
-	}
-	select {
-	case out := <-mixed:
-		t.Fatalf("the request with a long text was answered (%v) before its long part was emitted", out)
-	default:
-	}
-	close(hold[50])
-	if out := <-mixed; len(out) != 2 || out[0][0] != 50 || out[1][0] != 1 {
-		t.Fatalf("mixed request: %v", out)
-	}
-	for range 3 {
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// A runner that emits an index twice, or returns without emitting every
-// index, fails the requests it has not answered, never hangs them.
-func TestRunnerEmitMistakesFailTheRest(t *testing.T) {
-	for name, run := range map[string]RunFunc{
-		"twice": func(_ context.Context, batch [][]int32, emit func([]int, [][]float32)) error {
-			emit([]int{0, 0}, [][]float32{{1}, {1}})
-			return nil
-		},
-		"missing": func(_ context.Context, batch [][]int32, emit func([]int, [][]float32)) error {
-			emit([]int{0}, [][]float32{{1}})
-			return nil
-		},
-	} {
-		t.Run(name, func(t *testing.T) {
-			b, err := New(testConfig(), run, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close(context.Background())
-			_, err = b.Do(context.Background(), [][]int32{seq(1, 1), seq(2, 1)}, 1)
-			if err == nil || !strings.Contains(err.Error(), "model m") {
-				t.Fatalf("err = %v, want the runner's mistake", err)
-			}
-		})
-	}
-}
-
 // Close refuses new work but finishes everything already accepted.
 func TestCloseDrainsAcceptedRequests(t *testing.T) {
 	g := newGatedRunner(true)
-	b, err := New(testConfig(), Whole(g.run), nil)
+	b, err := New(testConfig(), g.run, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -767,7 +667,7 @@ func TestRetryAfterCountsQueuedItems(t *testing.T) {
 // the runner saw, which the engine would report as the client's doing.
 func TestDrainCutShortFailsRunningBatchWithErrClosed(t *testing.T) {
 	g := newGatedRunner(true)
-	b, err := New(testConfig(), Whole(g.run), nil)
+	b, err := New(testConfig(), g.run, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

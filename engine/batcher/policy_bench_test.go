@@ -38,16 +38,16 @@ func BenchmarkPolicyOnSimulatedDevice(b *testing.B) {
 		for _, delay := range []time.Duration{0, 2 * time.Millisecond} {
 			b.Run(fmt.Sprintf("rtt=%v/delay=%v", rtt, delay), func(b *testing.B) {
 				bt, err := New(Config{Model: "sim", MaxBatchSize: maxBatch, MaxBatchTokens: 1 << 20, MaxQueueDelay: delay,
-					QueueSize: 4096, Workers: workers, PriorityLevels: 1}, Whole(dev.run), nil)
+					QueueSize: 4096, Workers: workers, PriorityLevels: 1}, dev.run, nil)
 				if err != nil {
 					b.Fatal(err)
 				}
 				defer bt.Close(context.Background())
 				var items, batches atomic.Int64
 				run := bt.run
-				bt.run = func(ctx context.Context, batch [][]int32, emit func([]int, [][]float32)) error {
+				bt.run = func(ctx context.Context, batch [][]int32) ([][]float32, error) {
 					batches.Add(1)
-					return run(ctx, batch, emit)
+					return run(ctx, batch)
 				}
 				var left atomic.Int64
 				left.Store(int64(b.N))

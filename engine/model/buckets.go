@@ -105,18 +105,18 @@ func (s Shapes) Plan(lengths []int) [][]int {
 	return runs
 }
 
-// Run embeds batch as the executions Plan gives: for each, it calls
-// execute with its sequences, then emit with their indices in batch and
-// the vectors. Sequences count as at most maxTokens long, as the encoder
-// truncates.
-func (s Shapes) Run(ctx context.Context, batch [][]int32, maxTokens int, execute func([][]int32) ([][]float32, error), emit func([]int, [][]float32)) error {
+// Run embeds batch as the executions Plan gives, calling execute once per
+// execution with its sequences, and returns the vectors in batch's order.
+// Sequences count as at most maxTokens long, as the encoder truncates.
+func (s Shapes) Run(ctx context.Context, batch [][]int32, maxTokens int, execute func([][]int32) ([][]float32, error)) ([][]float32, error) {
 	lengths := make([]int, len(batch))
 	for i, seq := range batch {
 		lengths[i] = min(len(seq), maxTokens)
 	}
+	out := make([][]float32, len(batch))
 	for _, run := range s.Plan(lengths) {
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, err
 		}
 		seqs := make([][]int32, len(run))
 		for k, i := range run {
@@ -124,11 +124,13 @@ func (s Shapes) Run(ctx context.Context, batch [][]int32, maxTokens int, execute
 		}
 		vecs, err := execute(seqs)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		emit(run, vecs)
+		for k, i := range run {
+			out[i] = vecs[k]
+		}
 	}
-	return nil
+	return out, nil
 }
 
 func chunks(order []int, size int) [][]int {

@@ -124,27 +124,20 @@ func TestPlanSplitsOnlyWhenItSavesWork(t *testing.T) {
 	}
 }
 
-// Run hands each planned execution its sequences and emits its vectors
-// under their indices in the batch, short ones first; Collect puts them
-// back in the batch's order. Run stops at a canceled context.
-func TestRunEmitsEachExecution(t *testing.T) {
+// Run hands each planned execution its sequences and puts the vectors back
+// in the batch's order; it stops at a canceled context.
+func TestRunKeepsTheBatchOrder(t *testing.T) {
 	s := simpleGoShapes(t, 8, 128)
 	batch := [][]int32{make([]int32, 120), make([]int32, 3), make([]int32, 200), make([]int32, 5)}
-	lengthOf := func(seqs [][]int32) ([][]float32, error) {
+	var executions int
+	out, err := s.Run(context.Background(), batch, 128, func(seqs [][]int32) ([][]float32, error) {
+		executions++
 		vecs := make([][]float32, len(seqs))
 		for i, seq := range seqs {
 			vecs[i] = []float32{float32(len(seq))}
 		}
 		return vecs, nil
-	}
-	var emitted [][]int
-	each := func(ctx context.Context, batch [][]int32, emit func([]int, [][]float32)) error {
-		return s.Run(ctx, batch, 128, lengthOf, func(indices []int, vecs [][]float32) {
-			emitted = append(emitted, slices.Clone(indices))
-			emit(indices, vecs)
-		})
-	}
-	out, err := Collect(context.Background(), batch, each)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,12 +146,12 @@ func TestRunEmitsEachExecution(t *testing.T) {
 			t.Errorf("vector %d is that of a %v-token sequence, want %d", i, out[i][0], len(seq))
 		}
 	}
-	if len(emitted) != 2 || !slices.Equal(emitted[0], []int{1, 3}) {
-		t.Errorf("emitted %v, want the two short sequences [1 3] first, then the long ones", emitted)
+	if executions != 2 {
+		t.Errorf("%d executions for two short and two long sequences, want 2", executions)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := Collect(ctx, batch, each); err != context.Canceled {
+	if _, err := s.Run(ctx, batch, 128, nil); err != context.Canceled {
 		t.Errorf("canceled: err = %v", err)
 	}
 }

@@ -31,27 +31,3 @@ type Encoder interface {
 	// Close frees the runtime's resources.
 	Close() error
 }
-
-// Streamer is an Encoder that runs a batch in parts (model.Shapes.Plan) and
-// hands out each part's vectors as soon as it is done, so the batcher can
-// answer short texts before the long ones of the same batch are computed.
-// emit(indices, vectors) gives vectors[k] for batch[indices[k]]; every
-// index is emitted once before EmbedEach returns nil.
-type Streamer interface {
-	EmbedEach(ctx context.Context, batch [][]int32, emit func(indices []int, vectors [][]float32)) error
-}
-
-// Collect runs each (an EmbedEach) and returns its vectors in batch order:
-// Embed for a Streamer.
-func Collect(ctx context.Context, batch [][]int32, each func(context.Context, [][]int32, func([]int, [][]float32)) error) ([][]float32, error) {
-	out := make([][]float32, len(batch))
-	err := each(ctx, batch, func(indices []int, vectors [][]float32) {
-		for k, i := range indices {
-			out[i] = vectors[k]
-		}
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}

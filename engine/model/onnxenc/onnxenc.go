@@ -113,10 +113,7 @@ const (
 
 type bucket struct{ batch, seq int }
 
-var (
-	_ model.Encoder  = (*Encoder)(nil)
-	_ model.Streamer = (*Encoder)(nil)
-)
+var _ model.Encoder = (*Encoder)(nil)
 
 // Load reads the model and tokenizer, checks the graph's inputs and output
 // against opts, and compiles the smallest bucket, so a graph onnx-gomlx
@@ -260,27 +257,22 @@ func (e *Encoder) MaxTokens() int { return e.opts.MaxTokens }
 
 // Embed implements model.Encoder.
 func (e *Encoder) Embed(ctx context.Context, batch [][]int32) ([][]float32, error) {
-	return model.Collect(ctx, batch, e.EmbedEach)
-}
-
-// EmbedEach implements model.Streamer.
-func (e *Encoder) EmbedEach(ctx context.Context, batch [][]int32, emit func([]int, [][]float32)) error {
 	for i, seq := range batch {
 		if len(seq) == 0 || len(seq) > e.opts.MaxTokens {
-			return fmt.Errorf("onnxenc: sequence %d has %d tokens, want 1 to %d", i, len(seq), e.opts.MaxTokens)
+			return nil, fmt.Errorf("onnxenc: sequence %d has %d tokens, want 1 to %d", i, len(seq), e.opts.MaxTokens)
 		}
 		for _, id := range seq {
 			if id < 0 || int(id) >= e.numIDs {
-				return fmt.Errorf("onnxenc: sequence %d holds token id %d outside the vocabulary of %d", i, id, e.numIDs)
+				return nil, fmt.Errorf("onnxenc: sequence %d holds token id %d outside the vocabulary of %d", i, id, e.numIDs)
 			}
 		}
 	}
 	e.closeMu.RLock()
 	defer e.closeMu.RUnlock()
 	if e.closed {
-		return errClosed
+		return nil, errClosed
 	}
-	return e.shapes.Run(ctx, batch, e.opts.MaxTokens, e.runChunk, emit)
+	return e.shapes.Run(ctx, batch, e.opts.MaxTokens, e.runChunk)
 }
 
 // Close implements model.Encoder: it drops the compiled graphs, after

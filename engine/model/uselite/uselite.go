@@ -41,10 +41,7 @@ type Encoder struct {
 // Bucket is a padded batch shape: Batch rows of Length tokens.
 type Bucket struct{ Batch, Length int }
 
-var (
-	_ model.Encoder  = (*Encoder)(nil)
-	_ model.Streamer = (*Encoder)(nil)
-)
+var _ model.Encoder = (*Encoder)(nil)
 
 // Load reads the USE-Lite files in dir (model.json, its weight shards and
 // vocab.json) and prepares the encoder on backend. Graphs compile lazily per
@@ -120,28 +117,22 @@ func (e *Encoder) MaxTokens() int { return e.net.maxLen }
 // biggest batch bucket and, on SimpleGo, runs of similar lengths. An empty
 // sequence or a token id outside the vocabulary is an error.
 func (e *Encoder) Embed(ctx context.Context, batch [][]int32) ([][]float32, error) {
-	return model.Collect(ctx, batch, e.EmbedEach)
-}
-
-// EmbedEach is Embed handing out each execution's vectors as soon as it
-// is done (model.Streamer).
-func (e *Encoder) EmbedEach(ctx context.Context, batch [][]int32, emit func([]int, [][]float32)) error {
 	for i, seq := range batch {
 		if len(seq) == 0 {
-			return fmt.Errorf("uselite: sequence %d is empty", i)
+			return nil, fmt.Errorf("uselite: sequence %d is empty", i)
 		}
 		for _, id := range seq {
 			if id < 0 || int(id) >= e.net.vocabRows {
-				return fmt.Errorf("uselite: sequence %d has token id %d outside [0, %d)", i, id, e.net.vocabRows)
+				return nil, fmt.Errorf("uselite: sequence %d has token id %d outside [0, %d)", i, id, e.net.vocabRows)
 			}
 		}
 	}
 	e.closeMu.RLock()
 	defer e.closeMu.RUnlock()
 	if e.closed {
-		return errors.New("uselite: encoder is closed")
+		return nil, errors.New("uselite: encoder is closed")
 	}
-	return e.shapes.Run(ctx, batch, e.net.maxLen, e.run, emit)
+	return e.shapes.Run(ctx, batch, e.net.maxLen, e.run)
 }
 
 // run embeds at most one batch bucket's worth of sequences.
