@@ -36,7 +36,7 @@ func New(cfg config.EngineRegister, engineListen string, log *slog.Logger) (*Reg
 	return &Registrar{
 		cfg:    cfg,
 		ready:  "http://" + engineListen + "/v2/health/ready",
-		client: &http.Client{Timeout: cfg.Interval},
+		client: &http.Client{},
 		log:    log,
 		token:  token,
 	}, nil
@@ -56,21 +56,25 @@ func (r *Registrar) Listen() error { return nil }
 func (r *Registrar) Serve(ctx context.Context) error {
 	tick := time.NewTicker(r.cfg.Interval)
 	defer tick.Stop()
-	registered := false
+	// attempted: a registration may have reached the control plane, so the
+	// endpoint may be listed, even when its answer was lost to shutdown or
+	// a later heartbeat failed. listed: the last heartbeat succeeded.
+	attempted, listed := false, false
 	for {
 		if r.engineReady(ctx) {
+			attempted = true
 			err := r.register(ctx)
 			switch {
 			case err != nil && ctx.Err() == nil:
 				r.log.Warn("cannot register with the control plane; retrying", "control_plane", r.cfg.ControlPlane, "error", err)
-			case err == nil && !registered:
+			case err == nil && !listed:
 				r.log.Info("registered with the control plane", "pool", r.cfg.Pool, "address", r.cfg.Advertise)
 			}
-			registered = err == nil
+			listed = err == nil
 		}
 		select {
 		case <-ctx.Done():
-			if registered {
+			if attempted {
 				r.deregister()
 			}
 			return nil
@@ -80,6 +84,8 @@ func (r *Registrar) Serve(ctx context.Context) error {
 }
 
 func (r *Registrar) engineReady(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Interval)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.ready, nil)
 	if err != nil {
 		return false
@@ -96,7 +102,11 @@ func (r *Registrar) endpointsURL() string {
 	return r.cfg.ControlPlane + "/v1/pools/" + url.PathEscape(r.cfg.Pool) + "/endpoints"
 }
 
+// register is one heartbeat; it gives up after Interval, when the next
+// one is due.
 func (r *Registrar) register(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Interval)
+	defer cancel()
 	body, _ := json.Marshal(map[string]string{"address": r.cfg.Advertise, "ttl": r.cfg.TTL.String()})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.endpointsURL(), bytes.NewReader(body))
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -151,6 +152,35 @@ func TestEngineJoinsAndLeavesItsPool(t *testing.T) {
 	stop()
 	if got := registered(t, cp); len(got) != 0 {
 		t.Fatalf("after shutdown the pool still lists %v", got)
+	}
+}
+
+// A heartbeat that fails after the engine was registered (the control
+// plane overloaded, the answer late) does not stop the engine from
+// deregistering when it stops: the endpoint is still listed until its TTL.
+func TestFailedHeartbeatStillDeregisters(t *testing.T) {
+	var posts, deletes atomic.Int64
+	cp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodPost:
+			if posts.Add(1) > 1 {
+				http.Error(w, `{"error":"overloaded"}`, http.StatusServiceUnavailable)
+			}
+		case http.MethodDelete:
+			deletes.Add(1)
+			w.WriteHeader(http.StatusNoContent)
+		}
+	}))
+	defer cp.Close()
+	engine := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer engine.Close()
+	addr := strings.TrimPrefix(engine.URL, "http://")
+	reg := config.EngineRegister{ControlPlane: cp.URL, Pool: "default", Advertise: addr, TTL: time.Minute, Interval: 10 * time.Millisecond}
+	stop := serve(t, newRegistrar(t, reg, addr))
+	waitFor(t, "a failed heartbeat after the first registration", func() bool { return posts.Load() >= 3 })
+	stop()
+	if deletes.Load() != 1 {
+		t.Fatalf("%d deregistrations after a failed heartbeat, want 1", deletes.Load())
 	}
 }
 
