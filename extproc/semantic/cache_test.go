@@ -33,6 +33,12 @@ func req(scope, system, question string) Request {
 
 func newTestCache(t *testing.T, cfg Config, emb Embedder) *Cache {
 	t.Helper()
+	if cfg.EmbedTimeout == 0 {
+		// The budget has its own test; elsewhere an embedding slowed down
+		// by -race on a busy machine must not turn an expected hit into a
+		// miss.
+		cfg.EmbedTimeout = time.Minute
+	}
 	c, err := New(cfg, emb, prometheus.NewRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
