@@ -111,7 +111,8 @@ func (p *publisher) removeNode(key string) {
 func (p *publisher) setLocked(key string, n *publishedNode) {
 	byType := p.res.forNode(n.node)
 	snap := &cachev3.Snapshot{}
-	for _, typeURL := range resourceTypes {
+	clustersChanged := false
+	for _, typeURL := range resourceTypes { // clusters before endpoints
 		items := byType[typeURL]
 		h := fnv.New64a()
 		var buf [8]byte
@@ -122,9 +123,14 @@ func (p *publisher) setLocked(key string, n *publishedNode) {
 		}
 		sum := h.Sum64()
 		tv, ok := n.versions[typeURL]
-		if !ok || tv.hash != sum {
+		// An updated cluster stays warming until Envoy receives a
+		// ClusterLoadAssignment for it, and Envoy's EDS request after the
+		// update repeats the version it holds: new clusters always come
+		// with a new EDS version, even if no endpoint moved.
+		if !ok || tv.hash != sum || (typeURL == resourcev3.EndpointType && clustersChanged) {
 			tv = typeVersion{hash: sum, version: strconv.Itoa(p.generation)}
 			n.versions[typeURL] = tv
+			clustersChanged = clustersChanged || (ok && typeURL == resourcev3.ClusterType)
 		}
 		snap.Resources[cachev3.GetResponseType(typeURL)] = cachev3.NewResources(tv.version, items)
 	}

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/infergate/infergate/config"
@@ -190,5 +193,52 @@ xds:
 	}
 	if got := do("GET", "/readyz", "", ""); got != http.StatusOK {
 		t.Fatalf("/readyz without the token: %d, want 200", got)
+	}
+}
+
+// A route moved from the end of one virtual host to the front of the next
+// changes where it matches, so connected Envoys must get the new table.
+func TestRouteMovedToAnotherVirtualHostIsPushed(t *testing.T) {
+	hosts := func(public, internal string) string {
+		return "engine:\n  listen: 127.0.0.1:1\nxds:\n  watch_interval: 20ms\n  listeners:\n    - name: ingress\n      virtual_hosts:\n" +
+			"        - {name: public, domains: [api.example.com], routes: [" + public + "]}\n" +
+			"        - {name: internal, domains: [\"*\"], routes: [" + internal + "]}\n"
+	}
+	const r1, r2, r3 = "{name: r1, match: {prefix: /a}, pool: default}", "{name: r2, match: {prefix: /}, pool: default}", "{name: r3, match: {prefix: /}, pool: default}"
+	s := startServer(t, hosts(r1+", "+r2, r3))
+	ads := dialADS(t, s.ADSAddr(), "envoy-1")
+	first, _ := ads.fetch(resourcev3.RouteType, "ingress")
+	writeFile(t, s.path, hosts(r1, r2+", "+r3))
+	next := ads.recv()
+	if next.GetVersionInfo() == first.GetVersionInfo() {
+		t.Fatalf("pushed version %s again", next.GetVersionInfo())
+	}
+	rc := unpack(t, next.GetResources())[0].(*routev3.RouteConfiguration)
+	if got := len(rc.GetVirtualHosts()[0].GetRoutes()); got != 1 {
+		t.Errorf("virtual host public has %d routes after the move, want 1", got)
+	}
+}
+
+// An updated cluster only finishes warming when Envoy gets a
+// ClusterLoadAssignment for it, so a change to a pool's cluster alone
+// (here its connect timeout) must come with a new EDS version.
+func TestClusterChangeIsFollowedByEndpoints(t *testing.T) {
+	s := startServer(t, "engine:\n  listen: 127.0.0.1:1\n")
+	ads := dialADS(t, s.ADSAddr(), "envoy-1")
+	ads.fetch(resourcev3.ClusterType)
+	eds, _ := ads.fetch(resourcev3.EndpointType, "default")
+	if code := adminDo(t, s, "PUT", "/v1/config", `{"pools": [{"name": "default", "connect_timeout": "3s"}]}`, nil); code != http.StatusOK {
+		t.Fatalf("PUT /v1/config: %d", code)
+	}
+	cds := ads.recv()
+	if cds.GetTypeUrl() != resourcev3.ClusterType {
+		t.Fatalf("pushed %s, want the cluster", cds.GetTypeUrl())
+	}
+	ads.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: cds.GetVersionInfo(), ResponseNonce: cds.GetNonce()})
+	// Envoy's request for the warming cluster's endpoints.
+	ads.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: []string{"default"},
+		VersionInfo: eds.GetVersionInfo(), ResponseNonce: eds.GetNonce()})
+	if got := ads.recv(); got.GetTypeUrl() != resourcev3.EndpointType || got.GetVersionInfo() == eds.GetVersionInfo() {
+		t.Errorf("after the cluster change got %s version %s, want endpoints with a version after %s", got.GetTypeUrl(), got.GetVersionInfo(), eds.GetVersionInfo())
 	}
 }

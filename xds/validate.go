@@ -139,13 +139,18 @@ func skeleton(rc *routev3.RouteConfiguration) *routev3.RouteConfiguration {
 }
 
 // routeTableHash combines the skeleton's hash with its routes' hashes, in
-// order, instead of encoding the whole table again.
+// order, instead of encoding the whole table again. Each virtual host's
+// route count goes in too: without it, moving a host's last route to the
+// front of the next host would leave the hash, and so the version Envoy
+// holds, unchanged.
 func routeTableHash(rc *routev3.RouteConfiguration, skeleton uint64, built map[string]*builtRoute) uint64 {
 	h := fnv.New64a()
 	var buf [8]byte
 	binary.LittleEndian.PutUint64(buf[:], skeleton)
 	h.Write(buf[:])
 	for _, vh := range rc.GetVirtualHosts() {
+		binary.LittleEndian.PutUint64(buf[:], uint64(len(vh.GetRoutes())))
+		h.Write(buf[:])
 		for _, rt := range vh.GetRoutes() {
 			binary.LittleEndian.PutUint64(buf[:], built[routeKey(rc.GetName(), vh.GetName(), rt.GetName())].hash)
 			h.Write(buf[:])
