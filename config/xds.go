@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"regexp"
@@ -83,8 +84,14 @@ type XDSListener struct {
 	// removes them as a request arrives, so that a client cannot claim
 	// another tenant's cache or escape its own rate limits, and the
 	// tenant is the caller's hashed API key.
-	TrustTenantHeader bool             `yaml:"trust_tenant_header"`
-	VirtualHosts      []XDSVirtualHost `yaml:"virtual_hosts"`
+	TrustTenantHeader bool `yaml:"trust_tenant_header"`
+	// BufferLimitBytes is Envoy's per_connection_buffer_limit_bytes. The
+	// ext_proc filter buffers whole bodies, so it is the largest request
+	// (413 above it) and the largest response (500) the listener passes;
+	// Envoy's own default, 1 MiB, is less than the engine's answer for a
+	// few hundred embeddings. Default 16 MiB, extproc.max_body_bytes.
+	BufferLimitBytes int              `yaml:"buffer_limit_bytes"`
+	VirtualHosts     []XDSVirtualHost `yaml:"virtual_hosts"`
 }
 
 // XDSVirtualHost groups routes by Host header.
@@ -236,6 +243,16 @@ type XDSCircuitBreakers struct {
 // quickstart routes to the co-located engine.
 const DefaultPoolName = "default"
 
+// DefaultListenerBufferLimitBytes holds the engine's largest answer (2 048
+// embeddings of 512 floats as JSON are about 14 MB) and equals the
+// ext_proc server's default max_body_bytes, so that what Envoy buffers the
+// server can cache.
+const DefaultListenerBufferLimitBytes = 16 << 20
+
+// minListenerBufferLimitBytes keeps a listener able to pass an ordinary
+// request; Envoy's flow control works at any size.
+const minListenerBufferLimitBytes = 64 << 10
+
 func (x *XDS) setDefaults() {
 	if x.Listen == "" {
 		x.Listen = "127.0.0.1:18000"
@@ -274,6 +291,9 @@ func (x *XDS) SetRoutingDefaults() {
 		l := &x.Listeners[i]
 		if l.Address == "" {
 			l.Address = "127.0.0.1:10000"
+		}
+		if l.BufferLimitBytes == 0 {
+			l.BufferLimitBytes = DefaultListenerBufferLimitBytes
 		}
 		if len(l.VirtualHosts) == 0 {
 			// Everything to the default pool, like the built-in listener.
@@ -449,6 +469,11 @@ func (x *XDS) ValidateRouting() error {
 			add(path+".address", "%s is already used by listener %q", l.Address, other)
 		}
 		addresses[l.Address] = l.Name
+		if l.BufferLimitBytes < minListenerBufferLimitBytes {
+			add(path+".buffer_limit_bytes", "%d is below the minimum of %d", l.BufferLimitBytes, minListenerBufferLimitBytes)
+		} else if l.BufferLimitBytes > math.MaxUint32 {
+			add(path+".buffer_limit_bytes", "%d is above Envoy's maximum of %d", l.BufferLimitBytes, uint32(math.MaxUint32))
+		}
 		if len(l.VirtualHosts) == 0 {
 			add(path+".virtual_hosts", "a listener needs at least one virtual host")
 		}

@@ -12,7 +12,7 @@ func TestXDSDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	x := c.XDS
-	if len(x.Listeners) != 1 || x.Listeners[0].Name != "ingress" || x.Listeners[0].Address != "127.0.0.1:10000" {
+	if len(x.Listeners) != 1 || x.Listeners[0].Name != "ingress" || x.Listeners[0].Address != "127.0.0.1:10000" || x.Listeners[0].BufferLimitBytes != 16<<20 {
 		t.Fatalf("default listener %+v", x.Listeners)
 	}
 	r := x.Listeners[0].VirtualHosts[0].Routes[0]
@@ -83,6 +83,13 @@ func TestXDSErrorsNameFieldAndLine(t *testing.T) {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error does not contain %q:\n%s", want, msg)
 		}
+	}
+}
+
+func TestListenerBufferTooSmallForARequestIsRefused(t *testing.T) {
+	_, err := Parse("infergate.yaml", []byte("xds:\n  listeners:\n    - {name: a, buffer_limit_bytes: 4096}\n"))
+	if err == nil || !strings.Contains(err.Error(), "xds.listeners[0].buffer_limit_bytes (line 3): 4096 is below the minimum of 65536") {
+		t.Fatalf("got %v, want the buffer limit refused", err)
 	}
 }
 

@@ -281,6 +281,17 @@ func (b *builder) connectionManager(l config.XDSListener, e config.XDSExtProc, p
 	}
 }
 
+// normalizePaths makes Envoy route, and ext_proc see, the path the engine
+// serves. Without it /v1/%65mbeddings or /v1//embeddings misses the
+// /v1/embeddings route (and its limits) while the engine's HTTP router
+// decodes and serves it. An escaped slash is refused: unescaping it would
+// change which segments a path has.
+func normalizePaths(hcm *hcmv3.HttpConnectionManager) {
+	hcm.NormalizePath = wrapperspb.Bool(true)
+	hcm.MergeSlashes = true
+	hcm.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_REJECT_REQUEST
+}
+
 // EarlyHeaderRemoval is the name of the HCM extension that removes the
 // client's tenant headers before any filter or route sees the request.
 const EarlyHeaderRemoval = "envoy.http.early_header_mutation.header_mutation"
@@ -325,9 +336,11 @@ func (b *builder) earlyHeaderRemoval(names []string) []*corev3.TypedExtensionCon
 func (b *builder) envoyListener(l config.XDSListener, e config.XDSExtProc, untrusted []string) *listenerv3.Listener {
 	hcm := b.connectionManager(l, e, false)
 	hcm.EarlyHeaderMutationExtensions = b.earlyHeaderRemoval(untrusted)
+	normalizePaths(hcm)
 	host, port := config.HostPort(l.Address)
 	return &listenerv3.Listener{
-		Name: l.Name,
+		Name:                          l.Name,
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(uint32(l.BufferLimitBytes)),
 		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 			Protocol:      corev3.SocketAddress_TCP,
 			Address:       host,

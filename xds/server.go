@@ -10,11 +10,13 @@ package xds
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -52,12 +54,16 @@ type Server struct {
 	log        *slog.Logger
 	cfg        config.Config
 	configPath string
-	reg        *prometheus.Registry
-	m          *metrics
-	tracker    *tracker
-	pub        *publisher
-	cache      *nackGuard
-	endpoints  *registry
+	// fileSum is the config file's content hash when the server was made:
+	// the watcher applies any content after that, even one written before
+	// it started.
+	fileSum   [32]byte
+	reg       *prometheus.Registry
+	m         *metrics
+	tracker   *tracker
+	pub       *publisher
+	cache     *nackGuard
+	endpoints *registry
 	// slices follows the Kubernetes Services pools name; nil until the
 	// first config that names one.
 	slices     *endpointslice.Watcher
@@ -110,6 +116,11 @@ func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prom
 			return endpointslice.NewClient(cfg.XDS.Kubeconfig)
 		},
 		ctx: ctx, cancel: cancel,
+	}
+	if configPath != "" {
+		if data, err := os.ReadFile(configPath); err == nil {
+			s.fileSum = sha256.Sum256(data)
+		}
 	}
 	t.firstSeen = s.pub.addNode
 	t.gone = s.pub.removeNode

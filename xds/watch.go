@@ -9,24 +9,16 @@ import (
 	"github.com/infergate/infergate/config"
 )
 
-// watch polls the config file (modification time, size, then content
-// hash: robust to editors that replace the file and to file systems
-// without change notification) and applies each new content once.
+// watch polls the config file and applies each new content once. It
+// compares content, not modification time and size: a same-size rewrite
+// within the file system's timestamp granularity (a few milliseconds)
+// would otherwise go unseen, and a config file is small enough to read
+// every interval.
 func (s *Server) watch(ctx context.Context) {
 	if s.configPath == "" || s.cfg.XDS.WatchInterval <= 0 {
 		return
 	}
-	var (
-		lastMod  time.Time
-		lastSize int64 = -1
-		lastSum  [32]byte
-	)
-	if data, err := os.ReadFile(s.configPath); err == nil {
-		lastSum = sha256.Sum256(data)
-	}
-	if fi, err := os.Stat(s.configPath); err == nil {
-		lastMod, lastSize = fi.ModTime(), fi.Size()
-	}
+	last := s.fileSum
 	tick := time.NewTicker(s.cfg.XDS.WatchInterval)
 	defer tick.Stop()
 	for {
@@ -35,21 +27,14 @@ func (s *Server) watch(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		fi, err := os.Stat(s.configPath)
-		if err != nil || (fi.ModTime().Equal(lastMod) && fi.Size() == lastSize) {
-			continue
-		}
-		lastMod, lastSize = fi.ModTime(), fi.Size()
 		data, err := os.ReadFile(s.configPath)
 		if err != nil {
 			continue
 		}
-		sum := sha256.Sum256(data)
-		if sum == lastSum {
-			continue
+		if sum := sha256.Sum256(data); sum != last {
+			last = sum
+			s.reload(data)
 		}
-		lastSum = sum
-		s.reload(data)
 	}
 }
 

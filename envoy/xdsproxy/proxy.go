@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"sort"
 	"strconv"
 	"sync"
@@ -231,12 +232,27 @@ func (fe *frontend) stop() {
 // ServeHTTP matches the route on the request as received, then hands the
 // request to that route's processor (the harness).
 func (fe *frontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	for _, h := range fe.table.Load().removeHeaders {
+	arrival := fe.table.Load()
+	for _, h := range arrival.removeHeaders {
 		r.Header.Del(h)
+	}
+	path, ok := arrival.paths.apply(r.URL.RequestURI())
+	if !ok {
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = w.Write([]byte("Bad Request"))
+		return
+	}
+	if path != r.URL.RequestURI() {
+		u, err := url.ParseRequestURI(path)
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		r.URL, r.RequestURI = u, path
 	}
 	header := r.Header.Clone()
 	header.Set("Host", r.Host)
-	path := r.URL.RequestURI()
 	for {
 		t := fe.table.Load()
 		rt := t.match(header, path)
@@ -363,7 +379,7 @@ func (p *Proxy) buildTableLocked(fe *frontend, upstreams map[string]*upstream, u
 			}
 		}
 	}
-	t := &table{routes: rc, upstreams: upstreams, procs: map[*route]*processor{}, removeHeaders: c.removeHeaders}
+	t := &table{routes: rc, upstreams: upstreams, procs: map[*route]*processor{}, removeHeaders: c.removeHeaders, paths: c.paths}
 	var err error
 	if t.noRoute, err = p.processorLocked(fe, extProcAddr, nil, nil, used); err != nil {
 		return nil, err.Error()

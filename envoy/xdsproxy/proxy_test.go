@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -502,5 +503,57 @@ func TestModelRoutePolicyAppliesToUnchangedClients(t *testing.T) {
 		if r := send("/v2/embeddings", "small"); r.status != http.StatusOK || r.servedBy != "a" {
 			t.Fatalf("small (request %d): %d from %q, want 200 from a, unlimited", i, r.status, r.servedBy)
 		}
+	}
+}
+
+// Envoy normalizes the path before routing, so spelling it another way (an
+// escaped letter, a doubled slash, a dot segment) cannot take a request
+// past its route, and that route's limits, to the engine that serves it.
+func TestPathSpellingsTakeTheRouteTheEngineServes(t *testing.T) {
+	a := upstream(t, "a")
+	s := startStack(t, fmt.Sprintf(`  policies:
+    limited: {cache: off, requests_per_second: 0.01, burst: 1}
+  listeners:
+    - name: ingress
+      address: 127.0.0.1:0
+      virtual_hosts:
+        - name: all
+          routes:
+            - {name: embeddings, match: {prefix: /v1/embeddings}, pool: a, policy: limited}
+            - {name: other, match: {prefix: /}, pool: a}
+  pools:
+    - name: a
+      endpoints: [%s]
+`, a))
+	if r := s.send(t, "POST", "/v1/%65mbeddings", "{}", "Authorization", "Bearer k1"); r.status != http.StatusOK || !strings.Contains(r.body, `"path":"/v1/embeddings"`) {
+		t.Fatalf("first request: %d %s, want 200 from the engine at /v1/embeddings", r.status, r.body)
+	}
+	for _, p := range []string{"/v1/embeddings", "/v1//embeddings", "/v1/x/../embeddings", "/v1/./embeddings", "/v1/%65mbeddings"} {
+		if r := s.send(t, "POST", p, "{}", "Authorization", "Bearer k1"); r.status != http.StatusTooManyRequests {
+			t.Errorf("POST %s after the burst: %d %s, want 429 under the embeddings route's limit", p, r.status, r.body)
+		}
+	}
+	if r := s.send(t, "POST", "/v1%2Fembeddings", "{}", "Authorization", "Bearer k2"); r.status != http.StatusBadRequest {
+		t.Errorf("POST /v1%%2Fembeddings: %d, want 400 (escaped slashes are refused)", r.status)
+	}
+}
+
+// The listener buffers bodies up to buffer_limit_bytes (default 16 MiB),
+// not Envoy's 1 MiB default: the engine's answer for a few hundred
+// embeddings is larger than that.
+func TestBodiesOverEnvoysDefaultBufferPass(t *testing.T) {
+	big := `{"data":"` + strings.Repeat("x", 3<<20) + `"}`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		in, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Request-Bytes", strconv.Itoa(len(in)))
+		_, _ = io.WriteString(w, big)
+	}))
+	t.Cleanup(srv.Close)
+	s := startStack(t, fmt.Sprintf("  pools:\n    - name: default\n      endpoints: [%s]\n", srv.Listener.Addr()))
+	r := s.send(t, "POST", "/v1/embeddings", big, "Authorization", "Bearer k")
+	if r.status != http.StatusOK || len(r.body) != len(big) || r.header.Get("X-Request-Bytes") != strconv.Itoa(len(big)) {
+		t.Errorf("3 MiB each way: %d, %d response bytes, engine read %s request bytes; want 200 and %d both ways",
+			r.status, len(r.body), r.header.Get("X-Request-Bytes"), len(big))
 	}
 }

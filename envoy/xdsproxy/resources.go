@@ -41,6 +41,7 @@ type listenerConf struct {
 	// removeHeaders are taken off each request as it arrives (the HCM's
 	// early header mutation), before routing and ext_proc.
 	removeHeaders []string
+	paths         pathRules
 }
 
 // decodeListener accepts the listeners the proxy can serve like Envoy:
@@ -102,6 +103,10 @@ func decodeListener(l *listenerv3.Listener) (*listenerConf, error) {
 		return nil, errors.New("route specifier: rds or route_config is required (scoped routes are not supported)")
 	}
 	if err := lc.earlyHeaderMutations(hcm.GetEarlyHeaderMutationExtensions()); err != nil {
+		return nil, err
+	}
+	var err error
+	if lc.paths, err = decodePathRules(hcm); err != nil {
 		return nil, err
 	}
 	if err := lc.httpFilters(hcm.GetHttpFilters()); err != nil {

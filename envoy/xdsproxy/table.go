@@ -22,6 +22,7 @@ type table struct {
 	noRoute *processor
 	// removeHeaders is the listener's early header removal.
 	removeHeaders []string
+	paths         pathRules
 }
 
 // upstream is one cluster's endpoints, picked round robin.
