@@ -59,12 +59,7 @@ func startExtProcWith(t testing.TB, mutate func(*config.ExtProc), opts ...extpro
 // safety nets here, not something under test).
 func filterConfig() *extprocfilterv3.ExternalProcessor {
 	return &extprocfilterv3.ExternalProcessor{
-		ProcessingMode: &extprocfilterv3.ProcessingMode{
-			RequestHeaderMode:  extprocfilterv3.ProcessingMode_SEND,
-			ResponseHeaderMode: extprocfilterv3.ProcessingMode_SEND,
-			RequestBodyMode:    extprocfilterv3.ProcessingMode_BUFFERED,
-			ResponseBodyMode:   extprocfilterv3.ProcessingMode_BUFFERED,
-		},
+		ProcessingMode:       extproc.ProcessingMode,
 		AllowModeOverride:    true,
 		AllowedOverrideModes: []*extprocfilterv3.ProcessingMode{extproc.StreamedResponseMode},
 		MessageTimeout:       durationpb.New(2 * time.Minute),

@@ -18,18 +18,34 @@ import (
 // usage event and the final [DONE] when the stream itself is not kept.
 const sseTail = 64 << 10
 
+// ProcessingMode is the ext_proc filter's processing mode the server is
+// written for: headers and whole (BUFFERED) bodies both ways, and trailers,
+// which Envoy sends only when a message has them. A body followed by
+// trailers arrives with end_of_stream false; the trailers message then
+// completes it, so a response with trailers is still charged to the token
+// budget.
+var ProcessingMode = &extprocfilterv3.ProcessingMode{
+	RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
+	ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SEND,
+	RequestBodyMode:     extprocfilterv3.ProcessingMode_BUFFERED,
+	ResponseBodyMode:    extprocfilterv3.ProcessingMode_BUFFERED,
+	RequestTrailerMode:  extprocfilterv3.ProcessingMode_SEND,
+	ResponseTrailerMode: extprocfilterv3.ProcessingMode_SEND,
+}
+
 // StreamedResponseMode is the processing mode the server asks for (as
 // mode_override on response headers) when a response is an event stream,
-// so that chunks reach the client as they come. Envoy honours it only with
-// allow_mode_override, and, when allowed_override_modes is set, only if it
-// lists exactly this mode.
+// so that chunks reach the client as they come: ProcessingMode with a
+// STREAMED response body. Envoy honours it only with allow_mode_override,
+// and, when allowed_override_modes is set, only if it lists exactly this
+// mode.
 var StreamedResponseMode = &extprocfilterv3.ProcessingMode{
 	RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
 	ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SEND,
 	RequestBodyMode:     extprocfilterv3.ProcessingMode_BUFFERED,
 	ResponseBodyMode:    extprocfilterv3.ProcessingMode_STREAMED,
-	RequestTrailerMode:  extprocfilterv3.ProcessingMode_SKIP,
-	ResponseTrailerMode: extprocfilterv3.ProcessingMode_SKIP,
+	RequestTrailerMode:  extprocfilterv3.ProcessingMode_SEND,
+	ResponseTrailerMode: extprocfilterv3.ProcessingMode_SEND,
 }
 
 // responseHeaders decides whether the response may be stored, switches an

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -61,6 +62,9 @@ type stream struct {
 	// Request body, accumulated when Envoy streams it in chunks.
 	body     []byte
 	bodyOver bool
+	// completedEarly: the request was decided on a body that trailers
+	// follow (see requestBody).
+	completedEarly bool
 
 	// Cache decisions made on the request.
 	noStore   bool // request Cache-Control: no-store
@@ -157,11 +161,22 @@ func (st *stream) handle(req *extprocv3.ProcessingRequest) (string, error) {
 		}
 		return "request_headers", st.requestHeaders(r.RequestHeaders)
 	case *extprocv3.ProcessingRequest_RequestBody:
+		if st.phase == wantResponseHeaders && st.completedEarly {
+			// Only a STREAMED request body goes on after one whole JSON
+			// value; the request is then not the one looked up.
+			if len(r.RequestBody.GetBody()) > 0 {
+				st.storeNot = "request-changed"
+			}
+			return "request_body", st.send(requestBodyResponse(nil, false))
+		}
 		if st.phase != wantRequestBody {
 			return "", outOfOrder("request body", st.phase)
 		}
 		return "request_body", st.requestBody(r.RequestBody)
 	case *extprocv3.ProcessingRequest_RequestTrailers:
+		if st.phase == wantResponseHeaders && st.completedEarly {
+			return "request_trailers", st.send(requestTrailersResponse())
+		}
 		if st.phase != wantRequestBody {
 			return "", outOfOrder("request trailers", st.phase)
 		}
@@ -183,6 +198,10 @@ func (st *stream) handle(req *extprocv3.ProcessingRequest) (string, error) {
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
 		if st.phase != wantResponseBody {
 			return "", outOfOrder("response trailers", st.phase)
+		}
+		if st.storeNot == "" {
+			// A cached answer is replayed without trailers.
+			st.storeNot = "trailers"
 		}
 		st.responseComplete()
 		st.phase = finished
@@ -279,8 +298,15 @@ func (st *stream) requestBody(b *extprocv3.HttpBody) error {
 		}
 	}
 	if !b.GetEndOfStream() {
-		// Envoy streams this body (not BUFFERED): pass each chunk on and
-		// decide at the end.
+		// A BUFFERED body that trailers follow comes whole, but with
+		// end_of_stream false. Envoy still holds the headers, so deciding
+		// now lets the body's model pick the route. A first message that
+		// is one whole JSON value is taken as such a body; anything else
+		// is a chunk of a STREAMED body, passed on and decided at the end.
+		if len(st.body) == len(b.GetBody()) && !st.bodyOver && json.Valid(st.body) {
+			st.completedEarly = true
+			return st.requestComplete(endedOnBody)
+		}
 		return st.send(requestBodyResponse(nil, false))
 	}
 	return st.requestComplete(endedOnBody)

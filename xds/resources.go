@@ -225,19 +225,12 @@ func (b *builder) extProcFilter(e config.XDSExtProc, optional bool) *hcmv3.HttpF
 			GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
 				EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: ExtProcCluster},
 			}},
-			FailureModeAllow: true,
-			ProcessingMode: &extprocv3.ProcessingMode{
-				RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
-				RequestBodyMode:     extprocv3.ProcessingMode_BUFFERED,
-				RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
-				ResponseHeaderMode:  extprocv3.ProcessingMode_SEND,
-				ResponseBodyMode:    extprocv3.ProcessingMode_BUFFERED,
-				ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
-			},
+			FailureModeAllow:  true,
+			ProcessingMode:    processingMode(extprocv3.ProcessingMode_BUFFERED),
 			AllowModeOverride: true,
 			// The one override the ext_proc server asks for: a
 			// text/event-stream response switches to STREAMED.
-			AllowedOverrideModes: []*extprocv3.ProcessingMode{streamedResponseMode()},
+			AllowedOverrideModes: []*extprocv3.ProcessingMode{processingMode(extprocv3.ProcessingMode_STREAMED)},
 			MessageTimeout:       durationpb.New(e.MessageTimeout),
 			MaxMessageTimeout:    durationpb.New(e.MaxMessageTimeout),
 			RequestAttributes:    []string{"xds.route_name"},
@@ -249,16 +242,19 @@ func (b *builder) extProcFilter(e config.XDSExtProc, optional bool) *hcmv3.HttpF
 	}
 }
 
-// streamedResponseMode is extproc.StreamedResponseMode (a test holds the two
-// equal); Envoy accepts an override only if it equals a listed mode.
-func streamedResponseMode() *extprocv3.ProcessingMode {
+// processingMode is extproc.ProcessingMode with the given response body
+// mode: BUFFERED is the filter's mode, STREAMED the one override the server
+// asks for (extproc.StreamedResponseMode; a test holds them equal). Envoy
+// accepts an override only if it equals a listed mode. Trailers are sent:
+// a body followed by trailers is complete only when they arrive.
+func processingMode(responseBody extprocv3.ProcessingMode_BodySendMode) *extprocv3.ProcessingMode {
 	return &extprocv3.ProcessingMode{
 		RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
 		RequestBodyMode:     extprocv3.ProcessingMode_BUFFERED,
-		RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
+		RequestTrailerMode:  extprocv3.ProcessingMode_SEND,
 		ResponseHeaderMode:  extprocv3.ProcessingMode_SEND,
-		ResponseBodyMode:    extprocv3.ProcessingMode_STREAMED,
-		ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
+		ResponseBodyMode:    responseBody,
+		ResponseTrailerMode: extprocv3.ProcessingMode_SEND,
 	}
 }
 

@@ -92,10 +92,8 @@ func TestFirstSnapshotForEnvoy(t *testing.T) {
 	if err := hcm.GetHttpFilters()[0].GetTypedConfig().UnmarshalTo(ep); err != nil {
 		t.Fatal(err)
 	}
-	m := ep.GetProcessingMode()
-	if m.GetRequestHeaderMode() != extprocv3.ProcessingMode_SEND || m.GetRequestBodyMode() != extprocv3.ProcessingMode_BUFFERED ||
-		m.GetResponseHeaderMode() != extprocv3.ProcessingMode_SEND || m.GetResponseBodyMode() != extprocv3.ProcessingMode_BUFFERED {
-		t.Errorf("processing mode %v", m)
+	if m := ep.GetProcessingMode(); !proto.Equal(m, extproc.ProcessingMode) {
+		t.Errorf("processing mode %v, want extproc.ProcessingMode %v", m, extproc.ProcessingMode)
 	}
 	if !ep.GetFailureModeAllow() || !ep.GetAllowModeOverride() || ep.GetMessageTimeout().AsDuration() != 500*time.Millisecond ||
 		ep.GetGrpcService().GetEnvoyGrpc().GetClusterName() != ExtProcCluster || !slices.Contains(ep.GetRequestAttributes(), "xds.route_name") {

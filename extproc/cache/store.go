@@ -162,7 +162,8 @@ func escapeGlob(s string) string {
 }
 
 // FollowPurges applies purges published by other replicas to the local
-// level until ctx ends. It resubscribes after Redis outages.
+// level until ctx ends. It resubscribes after Redis outages, emptying the
+// local level each time it does.
 func (s *Store) FollowPurges(ctx context.Context) {
 	if s.redis == nil {
 		return
@@ -177,6 +178,10 @@ func (s *Store) FollowPurges(ctx context.Context) {
 			}
 			continue
 		}
+		// Purges published while this replica was not subscribed (at
+		// start, during an outage) never reach it: drop the local copies
+		// made before, Redis still holds every entry not purged.
+		s.local.Purge(Selector{All: true})
 		s.applyPurges(ctx, sub.Channel())
 		_ = sub.Close()
 	}
