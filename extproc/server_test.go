@@ -18,6 +18,7 @@ import (
 	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/envoy/harness"
 	"github.com/infergate/infergate/extproc"
+	"github.com/infergate/infergate/internal/apierror"
 	"github.com/infergate/infergate/policy"
 )
 
@@ -238,6 +239,36 @@ func TestModelHeaderContradictingTheBodyIsRefused(t *testing.T) {
 	// The same model in both is what routing by model sends anyway.
 	if res := call(t, h, "POST", "/v1/embeddings", []byte(embedBody), "X-Infergate-Model", "use-lite"); res.Status != 200 {
 		t.Fatalf("matching header: status %d", res.Status)
+	}
+}
+
+// A body that JSON parsers read differently (a duplicate key, a field that
+// differs from one the server reads only in case) is refused: routing,
+// limits and the cache key would follow one reading, the engine (Go's
+// encoding/json: last key wins, any case) another.
+func TestAmbiguousBodiesAreRefused(t *testing.T) {
+	up := newUpstream(t)
+	srv := startExtProc(t, nil)
+	h := newHarness(t, srv, up.URL, policy.Policy{Route: "cheap"}, nil)
+	for _, body := range []string{
+		`{"model":"cheap","model":"expensive","input":"x"}`,
+		`{"model":"cheap","input":{"a":1,"a":2}}`,
+		`{"Model":"expensive","input":"x"}`,
+		`{"model":"cheap","MODEL":"expensive","input":"x"}`,
+		`{"model":"cheap","temperature":0,"Temperature":1,"messages":[]}`,
+		`{"model":"cheap","\u017ftream":true,"input":"x"}`, // ſ folds to s
+	} {
+		res := call(t, h, "POST", "/v1/embeddings", []byte(body), "X-Infergate-Model", "cheap")
+		msg, _ := apierror.Message(res.Body)
+		if res.Status != http.StatusBadRequest || !strings.Contains(msg, "ambiguous JSON body") {
+			t.Errorf("%s: %d %q, want 400 saying the body is ambiguous", body, res.Status, res.Body)
+		}
+	}
+	if up.requests.Load() != 0 {
+		t.Errorf("%d ambiguous requests reached the upstream", up.requests.Load())
+	}
+	if res := call(t, h, "POST", "/v1/embeddings", []byte(`{"model":"cheap","input":"x","Input2":1}`)); res.Status != http.StatusOK {
+		t.Errorf("a body with other mixed-case fields: %d, want 200", res.Status)
 	}
 }
 

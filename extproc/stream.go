@@ -331,6 +331,14 @@ func (st *stream) requestComplete(end requestEnd) error {
 	if st.bodyOver {
 		req = canonical.Request{}
 	}
+	if req.Ambiguous != "" {
+		// Routing, limits and the cache key would follow one reading of
+		// the body and the upstream may serve another.
+		st.phase = finished
+		m := &mutation{}
+		m.add(headerContentType, "application/json")
+		return st.send(immediate(http.StatusBadRequest, m, apierror.Body(st.path, http.StatusBadRequest, "ambiguous JSON body: "+req.Ambiguous, ""), "infergate_ambiguous_body"))
+	}
 	if st.clientModel != "" && req.Model != "" && st.clientModel != req.Model {
 		// Envoy chose the route, and this stream's policy, by the client's
 		// header; rewriting the header would send the request to another

@@ -17,8 +17,9 @@ import (
 )
 
 // Volatile lists the top-level fields dropped from the key: they identify
-// the caller or shape the transport, not the answer.
-var Volatile = []string{"user", "stream_options"}
+// the caller, not the answer. (stream_options is not one: include_usage
+// adds a usage event to a stream, which some clients do not expect.)
+var Volatile = []string{"user"}
 
 // maxDepth bounds nesting so a hostile body cannot make the canonicaliser
 // recurse without end; deeper bodies are keyed on their raw bytes.
@@ -40,17 +41,34 @@ type Request struct {
 	// different answer: several choices (n > 1), or sampling (temperature
 	// above 0, which is the default of generative APIs) without a seed.
 	Deterministic bool
+	// Ambiguous says why parsers may read the body differently, or is
+	// empty. Go's encoding/json keeps the last of duplicate keys and
+	// matches field names regardless of case, so {"model":"a","model":"b"}
+	// or {"Model":"b"} would be routed and cached as one model and served
+	// as another.
+	Ambiguous string
 }
+
+// interpreted lists the top-level fields Parse reads; a key that differs
+// from one of them only in case makes a body ambiguous.
+var interpreted = []string{"model", "stream", "temperature", "seed", "n", "messages", "prompt"}
 
 // Parse canonicalises body. It never fails: a body that is not canonical
 // JSON is keyed on its bytes and reported with JSON false.
 func Parse(body []byte) Request {
 	canon, top, err := canonicalize(body)
+	if errors.Is(err, errDuplicateKey) {
+		return Request{Canonical: body, Ambiguous: err.Error()}
+	}
 	if err != nil {
 		return Request{Canonical: body, Deterministic: true}
 	}
 	r := Request{Canonical: canon, JSON: true, Deterministic: true}
 	if top == nil {
+		return r
+	}
+	if top.ambiguous != "" {
+		r.Ambiguous, r.Deterministic = top.ambiguous, false
 		return r
 	}
 	if m, ok := top.strings["model"]; ok {
@@ -89,7 +107,16 @@ type topFields struct {
 	strings map[string]string
 	numbers map[string]float64
 	bools   map[string]bool
+	// ambiguous names the first key that differs from an interpreted
+	// field only in case.
+	ambiguous string
 }
+
+type duplicateKeyError struct{ key string }
+
+func (e *duplicateKeyError) Error() string { return fmt.Sprintf("duplicate object key %q", e.key) }
+
+func (e *duplicateKeyError) Is(target error) bool { return target == errDuplicateKey }
 
 var errDuplicateKey = errors.New("duplicate object key")
 
@@ -168,7 +195,7 @@ func (c *canonicalizer) object(depth int) ([]byte, error) {
 			return nil, errors.New("object key is not a string")
 		}
 		if seen[key] {
-			return nil, errDuplicateKey
+			return nil, &duplicateKeyError{key}
 		}
 		seen[key] = true
 		// Each member is rendered into its own buffer so members can be
@@ -223,6 +250,11 @@ func (c *canonicalizer) array(depth int) ([]byte, error) {
 // record keeps the top-level scalars Parse decides on; v is already canonical.
 func (t *topFields) record(key string, v []byte) {
 	t.has[key] = true
+	if t.ambiguous == "" && !slices.Contains(interpreted, key) {
+		if i := slices.IndexFunc(interpreted, func(f string) bool { return strings.EqualFold(f, key) }); i >= 0 {
+			t.ambiguous = fmt.Sprintf("field %q is %q in another case; write it %q", key, interpreted[i], interpreted[i])
+		}
+	}
 	switch {
 	case len(v) > 0 && v[0] == '"':
 		var s string

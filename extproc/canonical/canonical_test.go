@@ -3,6 +3,7 @@ package canonical
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -32,6 +33,7 @@ func TestCanonicalizeKeepsMeaningfulDifferences(t *testing.T) {
 		{`{"input":["a","b"]}`, `{"input":["b","a"]}`},
 		{`{"stream":true}`, `{"stream":false}`},
 		{`{"x":{"user":"a"}}`, `{"x":{"user":"b"}}`}, // only top-level user is volatile
+		{`{"stream":true,"stream_options":{"include_usage":true}}`, `{"stream":true}`},
 	}
 	for _, p := range pairs {
 		a, errA := Canonicalize([]byte(p[0]))
@@ -150,4 +152,23 @@ func decodeNumbers(body []byte) (any, error) {
 	var v any
 	err := dec.Decode(&v)
 	return v, err
+}
+
+// Go's encoding/json, which the engine uses, keeps the last of duplicate
+// keys and matches field names in any case; a body it would read
+// differently from Parse is reported, saying which key.
+func TestParseReportsAmbiguousBodies(t *testing.T) {
+	for body, want := range map[string]string{
+		`{"model":"a","model":"b"}`:        `duplicate object key "model"`,
+		`{"input":[{"x":1,"x":2}]}`:        `duplicate object key "x"`,
+		`{"Model":"b","input":"x"}`:        `field "Model" is "model" in another case`,
+		`{"model":"a","N":2,"prompt":"x"}`: `field "N" is "n" in another case`,
+	} {
+		if got := Parse([]byte(body)); !strings.Contains(got.Ambiguous, want) || got.Deterministic {
+			t.Errorf("Parse(%s).Ambiguous = %q (deterministic %t), want %q and not deterministic", body, got.Ambiguous, got.Deterministic, want)
+		}
+	}
+	if got := Parse([]byte(`{"model":"a","Input":"x","user":"u"}`)); got.Ambiguous != "" {
+		t.Errorf("a mixed-case field the server does not read: Ambiguous %q", got.Ambiguous)
+	}
 }
