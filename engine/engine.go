@@ -122,7 +122,11 @@ func newServer(cfg config.Engine, log *slog.Logger, load loadFunc) (*Server, err
 	s.srv = &http.Server{
 		Handler:           s.mux,
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// A client that stalls sending its body holds a connection (and,
+		// at shutdown, the grace) for no longer than this.
+		ReadTimeout: time.Minute,
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return s, nil
 }
@@ -176,7 +180,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	// Readiness drops as soon as shutdown starts, while requests drain.
 	context.AfterFunc(ctx, func() { s.stopping.Store(true) })
 	s.log.Info("engine listening", "addr", s.Addr(), "models", len(s.order))
-	err := ops.ServeHTTP(ctx, s.srv, s.ln)
+	err := ops.ServeHTTP(ctx, s.srv, s.ln, s.shutdownGrace())
 	s.stopping.Store(true)
 	<-loaded
 	s.shutdownModels()
@@ -187,6 +191,17 @@ func (s *Server) Serve(ctx context.Context) error {
 		return loadErr
 	}
 	return err
+}
+
+// shutdownGrace lets every accepted request end on its own: answered, or
+// 504 at its deadline (the longest model timeout), with time to write it.
+// The batchers keep running meanwhile, so the queues drain.
+func (s *Server) shutdownGrace() time.Duration {
+	grace := ops.ShutdownGrace
+	for _, sv := range s.order {
+		grace = max(grace, sv.cfg.Timeout+5*time.Second)
+	}
+	return grace
 }
 
 // loadAll loads every model, one after the other, each ready as soon as

@@ -173,7 +173,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	adminErr := make(chan error, 1)
 	go func() {
 		srv := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
-		adminErr <- ops.ServeHTTP(ctx, srv, s.adminLn)
+		adminErr <- ops.ServeHTTP(ctx, srv, s.adminLn, ops.ShutdownGrace)
 	}()
 	s.log.Info("ext_proc listening", "grpc", s.Addr(), "admin", s.AdminAddr(), "redis", s.cfg.Redis.Addr, "semantic_engine", s.cfg.Semantic.EngineURL)
 

@@ -185,7 +185,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer stop()
 	errc := make(chan error, 2)
 	go func() { errc <- s.grpc.Serve(s.grpcLn) }()
-	go func() { errc <- ops.ServeHTTP(ctx, admin, s.adminLn) }()
+	go func() { errc <- ops.ServeHTTP(ctx, admin, s.adminLn, ops.ShutdownGrace) }()
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); s.watch(ctx) }()

@@ -80,12 +80,18 @@ func Listen(use, addr string) (net.Listener, error) {
 }
 
 // ShutdownGrace is how long Serve methods wait for in-flight work after
-// their context ends.
+// their context ends, unless their work may take longer (the engine waits
+// for its longest request timeout).
 const ShutdownGrace = 15 * time.Second
 
+// ErrGraceExceeded is returned by ServeHTTP when connections were still
+// busy at the end of the grace and were closed. Run logs it as a warning:
+// the shutdown itself went as asked.
+var ErrGraceExceeded = errors.New("connections still busy at the end of the shutdown grace were closed")
+
 // ServeHTTP serves srv on ln until ctx is done, then shuts it down
-// gracefully so that in-flight requests finish.
-func ServeHTTP(ctx context.Context, srv *http.Server, ln net.Listener) error {
+// gracefully: in-flight requests have grace to finish.
+func ServeHTTP(ctx context.Context, srv *http.Server, ln net.Listener, grace time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -93,10 +99,12 @@ func ServeHTTP(ctx context.Context, srv *http.Server, ln net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
-		return err
+		_ = srv.Close()
+		<-errc
+		return fmt.Errorf("after %s: %w", grace, ErrGraceExceeded)
 	}
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return err
@@ -118,7 +126,7 @@ func Run(ctx context.Context, log *slog.Logger, services ...Service) error {
 	go func() {
 		<-ctx.Done()
 		if parent.Err() != nil {
-			log.Info("shutting down: in-flight requests finish first", "grace", ShutdownGrace)
+			log.Info("shutting down: in-flight requests finish first")
 		}
 	}()
 	var (
@@ -131,6 +139,10 @@ func Run(ctx context.Context, log *slog.Logger, services ...Service) error {
 		go func() {
 			defer wg.Done()
 			err := s.Serve(ctx)
+			if errors.Is(err, ErrGraceExceeded) {
+				log.Warn("component stopped", "component", s.Name(), "error", err)
+				err = nil
+			}
 			if err != nil {
 				log.Error("component stopped", "component", s.Name(), "error", err)
 				once.Do(func() { first = fmt.Errorf("%s: %w", s.Name(), err) })

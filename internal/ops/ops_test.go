@@ -3,6 +3,7 @@ package ops
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -90,7 +91,7 @@ func TestServeHTTPDrainsInFlightRequests(t *testing.T) {
 	})}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- ServeHTTP(ctx, srv, ln) }()
+	go func() { served <- ServeHTTP(ctx, srv, ln, ShutdownGrace) }()
 
 	got := make(chan string, 1)
 	go func() {
@@ -129,7 +130,7 @@ func TestProbes(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go ServeHTTP(ctx, &http.Server{Handler: mux}, ln)
+	go ServeHTTP(ctx, &http.Server{Handler: mux}, ln, ShutdownGrace)
 	base := "http://" + ln.Addr().String()
 
 	get := func(path string) (int, string) {
@@ -153,5 +154,37 @@ func TestProbes(t *testing.T) {
 	}
 	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {
 		t.Errorf("/metrics = %d, no Go collector", code)
+	}
+}
+
+// A request still running at the end of the grace is cut, and the
+// shutdown is reported as such but is not a failure of the service.
+func TestServeHTTPClosesWhatOutlivesTheGrace(t *testing.T) {
+	ln, err := Listen("test", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	srv := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		close(entered)
+		<-release
+	})}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- ServeHTTP(ctx, srv, ln, 50*time.Millisecond) }()
+	go func() {
+		if resp, err := http.Get("http://" + ln.Addr().String()); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-entered
+	cancel()
+	if err := <-served; !errors.Is(err, ErrGraceExceeded) {
+		t.Fatalf("ServeHTTP = %v, want ErrGraceExceeded", err)
+	}
+	svc := &service{name: "admin", serveErr: fmt.Errorf("after 50ms: %w", ErrGraceExceeded)}
+	if err := Run(context.Background(), quiet, svc); err != nil {
+		t.Errorf("Run = %v, want a cut shutdown to be no failure", err)
 	}
 }
