@@ -177,10 +177,18 @@ func (s *Server) embedChecked(r *http.Request, sv *served, texts []string) (embe
 	priority := *m.DefaultPriority
 	if h := r.Header.Get(PriorityHeader); h != "" {
 		p, err := strconv.Atoi(h)
-		if err != nil || p < 0 || p >= m.PriorityLevels {
-			return embedResult{}, errorf(http.StatusBadRequest, "header %s: %q is not an integer from 0 to %d", PriorityHeader, h, m.PriorityLevels-1)
+		if err != nil || p < 0 {
+			return embedResult{}, errorf(http.StatusBadRequest, "header %s: %q is not a priority (an integer from 0 to %d)", PriorityHeader, h, m.PriorityLevels-1)
 		}
-		priority = p
+		// Route policies set priorities up to 9 whatever a model's
+		// priority_levels; above its levels is its highest.
+		priority = min(p, m.PriorityLevels-1)
+	}
+	if sv.batch.Full() {
+		// Refused before tokenizing: under overload, rejected requests
+		// must not take the CPU the queued ones need.
+		s.metrics.Count(m.Name, batcher.OutcomeRejected)
+		return embedResult{}, queueFull(sv)
 	}
 	enc := sv.enc
 	maxTokens := enc.MaxTokens()
@@ -225,6 +233,9 @@ func (s *Server) embedChecked(r *http.Request, sv *served, texts []string) (embe
 	} else {
 		s.metrics.Count(m.Name, batcher.OutcomeSuccess) // every input reused
 	}
+	if err == nil {
+		err = checkFinite(vecs)
+	}
 	if err == nil && plan != nil {
 		counts := make([]int, len(items))
 		for j, it := range items {
@@ -236,8 +247,7 @@ func (s *Server) embedChecked(r *http.Request, sv *served, texts []string) (embe
 	case err == nil:
 		return embedResult{vectors: vecs, tokens: tokens}, nil
 	case errors.Is(err, batcher.ErrQueueFull):
-		return embedResult{}, &apiError{status: http.StatusTooManyRequests, retryAfter: sv.batch.RetryAfter(),
-			msg: fmt.Sprintf("model %s: queue is full (%d requests, queue_size); retry later", m.Name, m.QueueSize)}
+		return embedResult{}, queueFull(sv)
 	case errors.Is(err, batcher.ErrClosed):
 		return embedResult{}, &apiError{status: http.StatusServiceUnavailable, retryAfter: time.Second, msg: "engine is shutting down"}
 	case errors.Is(err, context.DeadlineExceeded):
@@ -248,6 +258,25 @@ func (s *Server) embedChecked(r *http.Request, sv *served, texts []string) (embe
 	}
 	s.log.Error("model failed", "model", m.Name, "error", err)
 	return embedResult{}, fmt.Errorf("model %s failed: %w", m.Name, err)
+}
+
+func queueFull(sv *served) error {
+	return &apiError{status: http.StatusTooManyRequests, retryAfter: sv.batch.RetryAfter(),
+		msg: fmt.Sprintf("model %s: queue is full (%d requests, queue_size); retry later", sv.cfg.Name, sv.cfg.QueueSize)}
+}
+
+// checkFinite refuses vectors holding NaN or an infinity (an fp16 ONNX
+// model overflowing, say): JSON cannot carry them, and they must not enter
+// the reuse cache.
+func checkFinite(vecs [][]float32) error {
+	for i, v := range vecs {
+		for _, x := range v {
+			if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+				return fmt.Errorf("the model produced %v in vector %d", x, i)
+			}
+		}
+	}
+	return nil
 }
 
 func (s *Server) checkReady(sv *served) error {

@@ -383,6 +383,8 @@ func TestErrorStatuses(t *testing.T) {
 		msg              string
 	}{
 		{"malformed JSON", "/v1/embeddings", `{"input":`, nil, 400, "invalid JSON"},
+		{"not an object", "/v1/embeddings", `["x"]`, nil, 400, "must be a JSON object, not array"},
+		{"infer not an object", "/v2/models/words/infer", `"x"`, nil, 400, "must be a JSON object, not string"},
 		{"input wrong type", "/v1/embeddings", `{"input":42}`, nil, 400, "string or an array"},
 		{"model wrong type", "/v1/embeddings", `{"input":"x","model":7}`, nil, 400, `"model"`},
 		{"no input", "/v1/embeddings", `{"model":"words"}`, nil, 400, "required"},
@@ -390,7 +392,7 @@ func TestErrorStatuses(t *testing.T) {
 		{"token arrays", "/v1/embeddings", `{"input":[[1,2,3]]}`, nil, 400, "token arrays"},
 		{"bad encoding", "/v1/embeddings", `{"input":"x","encoding_format":"hex"}`, nil, 400, "encoding_format"},
 		{"dimensions", "/v1/embeddings", `{"input":"x","dimensions":2}`, nil, 400, "4-dimensional"},
-		{"bad priority", "/v1/embeddings", `{"input":"x"}`, []string{PriorityHeader, "12"}, 400, "from 0 to 9"},
+		{"bad priority", "/v1/embeddings", `{"input":"x"}`, []string{PriorityHeader, "-1"}, 400, "from 0 to 9"},
 		{"unknown model", "/v1/embeddings", `{"input":"x","model":"gpt-9"}`, nil, 404, "gpt-9"},
 		{"body too large", "/v1/embeddings", `{"input":"` + strings.Repeat("a", 5000) + `"}`, nil, 413, "max_body_bytes"},
 		{"too many inputs", "/v1/embeddings", `{"input":["a","b","c","d"]}`, nil, 413, "max_inputs"},
@@ -586,6 +588,47 @@ func TestGracefulShutdownFinishesAcceptedRequests(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after draining")
+	}
+}
+
+// Route policies send priorities up to 9 whatever a model's levels; a
+// model with fewer levels serves them at its highest, it does not refuse
+// every request Envoy forwards.
+func TestPriorityAboveTheModelsLevelsIsItsHighest(t *testing.T) {
+	te := startReady(t, engineConfig(t, "priority_levels: 3"), &wordEncoder{})
+	if status, _, body := te.post(t, "/v1/embeddings", `{"input":"x"}`, PriorityHeader, "5"); status != http.StatusOK {
+		t.Fatalf("priority 5 on a 3-level model: %d %s, want 200", status, body)
+	}
+}
+
+// nanEncoder is a model whose output overflowed.
+type nanEncoder struct{ wordEncoder }
+
+func (e *nanEncoder) Embed(ctx context.Context, batch [][]int32) ([][]float32, error) {
+	out, err := e.wordEncoder.Embed(ctx, batch)
+	for _, v := range out {
+		v[0] = float32(math.NaN())
+	}
+	return out, err
+}
+
+// A vector JSON cannot carry is a 500 with an error body, never a 200
+// with an empty one, and it is not kept for reuse.
+func TestNonFiniteVectorsAreAServerError(t *testing.T) {
+	enc := &nanEncoder{}
+	te := startReady(t, engineConfig(t, ""), enc)
+	for _, path := range []string{"/v1/embeddings", "/v1/embeddings", "/v2/models/words/infer"} {
+		body := `{"input":"same text"}`
+		if strings.HasPrefix(path, "/v2/") {
+			body = `{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["same text"]}]}`
+		}
+		status, _, out := te.post(t, path, body)
+		if msg, ok := apierror.Message(out); status != http.StatusInternalServerError || !ok || !strings.Contains(msg, "NaN") {
+			t.Errorf("%s: %d %s, want 500 naming the NaN", path, status, out)
+		}
+	}
+	if calls := enc.calls.Load(); calls < 4 { // warm-up, then each request
+		t.Errorf("the model ran %d times: a NaN vector was reused", calls)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"reflect"
 	"time"
 
 	"github.com/infergate/infergate/internal/ops"
@@ -98,6 +99,9 @@ func jsonMessage(err error) string {
 	if errors.As(err, &te) {
 		if te.Field != "" {
 			return fmt.Sprintf("field %q must be %s, not %s", te.Field, te.Type, te.Value)
+		}
+		if te.Type.Kind() == reflect.Struct {
+			return fmt.Sprintf("the body must be a JSON object, not %s", te.Value)
 		}
 		return fmt.Sprintf("expected %s, not %s", te.Type, te.Value)
 	}

@@ -298,6 +298,14 @@ func (b *Batcher) RetryAfter() time.Duration {
 	return max(time.Second, secs*time.Second)
 }
 
+// Full reports whether the queue holds QueueSize requests, so that Do
+// would refuse one now.
+func (b *Batcher) Full() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.depth >= b.cfg.QueueSize
+}
+
 // Depth is the number of queued requests.
 func (b *Batcher) Depth() int {
 	b.mu.Lock()

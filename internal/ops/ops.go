@@ -56,11 +56,18 @@ func HandleProbes(mux *http.ServeMux, reg prometheus.Gatherer, ready func() erro
 	})
 }
 
-// WriteJSON writes v as the JSON body with the given status.
+// WriteJSON writes v as the JSON body with the given status. It encodes
+// before the status goes out, so a value JSON cannot hold (a NaN) is a 500
+// with an error body, not a 200 with an empty one.
 func WriteJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		WriteError(w, http.StatusInternalServerError, "encoding the response: "+err.Error())
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	_, _ = w.Write(append(body, '\n'))
 }
 
 // WriteError answers a call to an admin API with status and the
