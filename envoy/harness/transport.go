@@ -74,6 +74,11 @@ func (h *Harness) route(hdrs *headerMap) string {
 	if a, ok := hdrs.get(":authority"); ok {
 		header.Set("Host", a)
 	}
+	for _, name := range []string{":method", ":authority", ":path", ":scheme"} {
+		if v, ok := hdrs.get(name); ok {
+			header[name] = []string{v}
+		}
+	}
 	path, _ := hdrs.get(":path")
 	return h.cfg.Route(header, path)
 }

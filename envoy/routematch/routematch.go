@@ -72,9 +72,6 @@ type headerMatcher struct {
 
 func compileHeader(h *routev3.HeaderMatcher) (headerMatcher, error) {
 	hm := headerMatcher{name: strings.ToLower(h.GetName()), invert: h.GetInvertMatch(), treatMissingAsEmpty: h.GetTreatMissingHeaderAsEmpty()}
-	if strings.HasPrefix(hm.name, ":") {
-		return hm, errors.New("pseudo-header matches are not supported")
-	}
 	var err error
 	switch s := h.GetHeaderMatchSpecifier().(type) {
 	case *routev3.HeaderMatcher_PresentMatch:
@@ -130,7 +127,8 @@ func compileString(sm *matcherv3.StringMatcher) (func(string) bool, error) {
 	return nil, errors.New("string matcher: only exact, prefix, suffix, contains and safe_regex are supported")
 }
 
-// Headers gives a request header's values by lower-case name; nil when
+// Headers gives a request header's values by lower-case name, the
+// pseudo-headers (:method, :authority, :path, :scheme) included; nil when
 // the request has none.
 type Headers func(name string) []string
 

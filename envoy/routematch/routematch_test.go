@@ -44,6 +44,9 @@ func TestRouteMatchSemantics(t *testing.T) {
 		{"present_match false wants the header absent",
 			&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: []*routev3.HeaderMatcher{{Name: "x-plan", HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: false}}}},
 			"/", http.Header{}, true},
+		{"a pseudo-header is a header",
+			&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: []*routev3.HeaderMatcher{{Name: ":method", HeaderMatchSpecifier: str(exact("POST"))}}},
+			"/", http.Header{":method": {"POST"}}, true},
 	}
 	for _, c := range cases {
 		m, err := Compile(c.match)

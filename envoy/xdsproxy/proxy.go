@@ -253,6 +253,8 @@ func (fe *frontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	header := r.Header.Clone()
 	header.Set("Host", r.Host)
+	// Route header matches see the pseudo-headers too, as in Envoy.
+	header[":method"], header[":authority"], header[":path"], header[":scheme"] = []string{r.Method}, []string{r.Host}, []string{path}, []string{"http"}
 	for {
 		t := fe.table.Load()
 		rt := t.match(header, path)

@@ -480,7 +480,7 @@ func TestModelRoutePolicyAppliesToUnchangedClients(t *testing.T) {
           domains: ["*"]
           routes:
             - name: big-model
-              match: {prefix: /v2/, model: big}
+              match: {prefix: /v2/, model: big, headers: [{name: ":method", exact: POST}]}
               pool: b
               policy: big
             - name: main
@@ -497,6 +497,11 @@ func TestModelRoutePolicyAppliesToUnchangedClients(t *testing.T) {
 		t.Fatalf("second big request: %d from %q, want 429 from route big-model's burst of 1", r.status, r.servedBy)
 	}
 	for i := range 3 {
+		// The model route matches POST only (a pseudo-header, as Envoy
+		// allows).
+		if r := s.send(t, "PUT", "/v2/embeddings", `{"model":"big","input":"hello"}`, "Authorization", "Bearer k"); r.status != http.StatusOK || r.servedBy != "a" {
+			t.Fatalf("big by PUT (request %d): %d from %q, want 200 from a", i, r.status, r.servedBy)
+		}
 		if r := send("/v1/embeddings", "big"); r.status != http.StatusOK || r.servedBy != "a" {
 			t.Fatalf("big on /v1/ (request %d): %d from %q, want 200 from a: the model route is /v2/ only", i, r.status, r.servedBy)
 		}
