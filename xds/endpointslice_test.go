@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -111,6 +112,17 @@ xds:
 	for range 5 {
 		if got, err := call(cc); err != nil || got != b {
 			t.Fatalf("served by %s (%v), want only %s: web's slice is not the pool's", got, err, b)
+		}
+	}
+
+	// A pool that stops following the Service keeps none of its engines.
+	if code := adminDo(t, s, "PUT", "/v1/config", fmt.Sprintf(`{"listeners": [{"name": "ingress", "virtual_hosts": [{"name": "all", "routes": [{"name": "main", "pool": "engines"}]}]}], "pools": [{"name": "engines", "endpoints": [%q]}]}`, a), nil); code != http.StatusOK {
+		t.Fatalf("PUT /v1/config: %d", code)
+	}
+	servedBy(t, cc, a)
+	for range 5 {
+		if got, err := call(cc); err != nil || got != a {
+			t.Fatalf("served by %s (%v), want only %s: the pool no longer follows the Service", got, err, a)
 		}
 	}
 }

@@ -262,6 +262,12 @@ func (s *Server) applyLocked(m model, source, note string, describe func(error) 
 		// The slices' endpoints arrive through endpointsChanged.
 		err = s.followSlicesLocked(m.routing.Pools)
 	}
+	if err == nil && s.slices != nil {
+		// The build read the Services followed until now: a pool that
+		// stopped following one (or follows another) loses its endpoints
+		// with this version, not at the next slice event.
+		res, err = res.withEndpoints(m, s.endpointAddressesLocked())
+	}
 	if err != nil {
 		return 0, s.rejectLocked(source, describe(err))
 	}
