@@ -91,6 +91,22 @@ type ExtProcCache struct {
 	CollapseWait time.Duration `yaml:"collapse_wait"`
 }
 
+// CollapseMargin is what a waiting request adds to collapse_wait when it
+// asks Envoy to extend its message timeout (to answer after the wait).
+// Envoy ignores an extension past xds.ext_proc.max_message_timeout, and
+// the waiting request then times out and passes unprocessed.
+const CollapseMargin = time.Second
+
+// CheckCollapseWait says whether the control plane's max_message_timeout
+// lets the ext_proc server's collapsed requests wait as configured.
+func (c Config) CheckCollapseWait() error {
+	if wait := c.ExtProc.Cache.CollapseWait; wait > 0 && wait+CollapseMargin > c.XDS.ExtProc.MaxMessageTimeout {
+		return fmt.Errorf("xds.ext_proc.max_message_timeout %s is below extproc.cache.collapse_wait %s + %s: requests waiting for an identical one would time out and pass without ext_proc",
+			c.XDS.ExtProc.MaxMessageTimeout, wait, CollapseMargin)
+	}
+	return nil
+}
+
 // ExtProcRedis configures the optional shared Redis.
 type ExtProcRedis struct {
 	// Addr is host:port of Redis; empty means in-process only. Default empty.

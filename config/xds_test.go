@@ -150,3 +150,18 @@ func TestRouteNamesAreUniqueAcrossListeners(t *testing.T) {
 		t.Fatalf("error %v, want the second route refused with its line", err)
 	}
 }
+
+// A collapsed request asks Envoy for collapse_wait plus a margin; past
+// max_message_timeout Envoy ignores it and the request times out.
+func TestCollapseWaitMustFitTheMessageTimeout(t *testing.T) {
+	c, err := Parse("infergate.yaml", []byte("extproc:\n  cache: {collapse_wait: 5500ms}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckCollapseWait(); err == nil || !strings.Contains(err.Error(), "max_message_timeout 6s is below extproc.cache.collapse_wait 5.5s + 1s") {
+		t.Errorf("CheckCollapseWait = %v, want the 6s default named too short", err)
+	}
+	if err := Default().CheckCollapseWait(); err != nil {
+		t.Errorf("defaults: %v", err)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/infergate/infergate/config"
 	"github.com/infergate/infergate/extproc/cache"
 	"github.com/infergate/infergate/extproc/canonical"
 	"github.com/infergate/infergate/internal/apierror"
@@ -428,7 +429,7 @@ func (st *stream) requestComplete(end requestEnd) error {
 			st.flight = fl
 		} else {
 			// Envoy would otherwise time this message out while it waits.
-			if err := st.send(extendTimeout(wait + time.Second)); err != nil {
+			if err := st.send(extendTimeout(wait + config.CollapseMargin)); err != nil {
 				return err
 			}
 			st.s.metrics.followers.Inc()

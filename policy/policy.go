@@ -170,6 +170,10 @@ func (p Policy) Validate() error {
 	}
 	if !validHeaderName(p.APIKeyHeader) {
 		errs = append(errs, fmt.Errorf("api_key_header: %q is not a lower-case header name", p.APIKeyHeader))
+	} else if p.APIKeyHeader == p.TenantHeader {
+		// Envoy removes a client's tenant header: the API key would go
+		// with it, and every caller would share one tenant.
+		errs = append(errs, fmt.Errorf("api_key_header: %q is also the tenant_header", p.APIKeyHeader))
 	}
 	if p.RequestsPerSecond < 0 || math.IsNaN(p.RequestsPerSecond) || math.IsInf(p.RequestsPerSecond, 0) {
 		errs = append(errs, fmt.Errorf("requests_per_second: %v is not a finite number >= 0", p.RequestsPerSecond))

@@ -29,6 +29,9 @@ everything gracefully: in-flight requests finish first.`,
 		if err != nil {
 			return err
 		}
+		if err := cfg.CheckCollapseWait(); err != nil {
+			return err
+		}
 		log := newLogger(cfg.Log)
 		services, err := buildServices(cmd, cfg, log, "xds", "extproc", "engine")
 		if err != nil {
@@ -58,6 +61,10 @@ func componentCmd(name, short string) *cobra.Command {
 				return err
 			}
 			log := newLogger(cfg.Log)
+			if err := cfg.CheckCollapseWait(); err != nil && (name == "xds" || name == "extproc") {
+				// The other side may run from another file.
+				log.Warn("check the ext_proc timeouts where both components are configured", "problem", err)
+			}
 			services, err := buildServices(cmd, cfg, log, name)
 			if err != nil {
 				return err
