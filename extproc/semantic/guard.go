@@ -17,6 +17,7 @@ const (
 	refuseOrder    = "order"
 	refuseOpposite = "opposite"
 	refuseSwap     = "substitution"
+	refuseSymbol   = "symbol"
 )
 
 // refusal compares a query with a cached prompt whose embedding scored
@@ -36,6 +37,8 @@ func (g *guard) refusal(query, cached string) string {
 		return refuseUnit
 	case !slices.Equal(a.dates, b.dates):
 		return refuseDate
+	case !slices.Equal(a.symbols, b.symbols):
+		return refuseSymbol
 	case a.negations != b.negations:
 		return refuseNegation
 	case !entitiesShared(a, b) || !entitiesShared(b, a):
@@ -61,6 +64,10 @@ type features struct {
 	numbers   []string           // canonical values, sorted
 	units     []string           // canonical units and currencies, sorted, unique
 	dates     []string           // months, weekdays, relative days, sorted, unique
+	// symbols are emoji and other symbol characters, sorted: the embedding
+	// model has most of them as one unknown token, so "translate 🙂" and
+	// "translate 😡" embed alike.
+	symbols   []string
 	negations int
 	entities  []string // lower-cased, unique, in order of appearance
 	anchors   []string // numbers and entities in order of appearance, unique
@@ -72,6 +79,9 @@ type token struct {
 	number   bool // digits, possibly with separators and a decimal point
 	sentence bool // first word of a sentence
 }
+
+// currencySigns are units: compared with the amounts they go with.
+const currencySigns = "$€£¥₹"
 
 // tokenize splits text into words, numbers and currency or percent signs.
 // A number glued to letters ("5kg", "10pm", "3rd") becomes two tokens.
@@ -102,7 +112,7 @@ func tokenize(text string) []token {
 			}
 			emit(strings.ReplaceAll(string(rs[i:j]), "’", "'"), false)
 			i = j
-		case strings.ContainsRune("$€£¥₹%", r):
+		case strings.ContainsRune(currencySigns+"%", r):
 			emit(string(r), false)
 			i++
 		case r == '.' || r == '?' || r == '!' || r == '\n':
@@ -182,6 +192,12 @@ func (g *guard) analyze(text string) features {
 			anchor(name)
 		}
 	}
+	for _, r := range text {
+		if unicode.IsSymbol(r) && !strings.ContainsRune(currencySigns, r) {
+			f.symbols = append(f.symbols, string(r))
+		}
+	}
+	slices.Sort(f.symbols)
 	slices.Sort(f.numbers)
 	f.units = sortedKeys(units)
 	f.dates = sortedKeys(dates)

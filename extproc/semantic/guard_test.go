@@ -46,6 +46,11 @@ func TestGuardRefusesWhatEmbeddingsBlur(t *testing.T) {
 		{"What is the capital of Australia?", "What's Austria's capital city?", refuseEntity},
 		// "update" is left out of the synonyms: of an app it means upgrade.
 		{"How do I update my app?", "How do I change the theme of the app?", refuseSwap},
+		// Emoji are one unknown token to the embedding model.
+		{"Translate 🙂 into French", "Translate 😡 into French", refuseSymbol},
+		{"🙂🙂", "你好世界", refuseSymbol},
+		{"Is 2 < 3?", "Is 2 > 3?", refuseSymbol},
+		{"What does 🙂 mean?", "What does 🙂 mean", ""},
 	} {
 		if got := defaultGuard.refusal(tc.a, tc.b); got != tc.reason {
 			t.Errorf("guard(%q, %q) = %q, want %q", tc.a, tc.b, got, tc.reason)
