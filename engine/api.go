@@ -141,8 +141,10 @@ type embedResult struct {
 // embed checks texts against the model's limits, tokenizes them on the
 // request goroutine, and runs them through the model's batcher under the
 // request's priority and deadline.
-func (s *Server) embed(r *http.Request, sv *served, texts []string) (embedResult, error) {
-	res, err := s.embedChecked(r, sv, texts)
+// embed embeds texts with sv's model; truncate cuts each to the model's
+// token limit, else a longer one is refused (413).
+func (s *Server) embed(r *http.Request, sv *served, texts []string, truncate bool) (embedResult, error) {
+	res, err := s.embedChecked(r, sv, texts, truncate)
 	s.countInvalid(sv.cfg.Name, err)
 	return res, err
 }
@@ -160,7 +162,7 @@ func (s *Server) countInvalid(model string, err error) {
 	}
 }
 
-func (s *Server) embedChecked(r *http.Request, sv *served, texts []string) (embedResult, error) {
+func (s *Server) embedChecked(r *http.Request, sv *served, texts []string, truncate bool) (embedResult, error) {
 	m := sv.cfg
 	if err := s.checkReady(sv); err != nil {
 		s.metrics.Count(m.Name, batcher.OutcomeRejected)
@@ -204,6 +206,9 @@ func (s *Server) embedChecked(r *http.Request, sv *served, texts []string) (embe
 		}
 		if len(seq) == 0 {
 			return embedResult{}, errorf(http.StatusUnprocessableEntity, "input %d has no tokens", i)
+		}
+		if !truncate && len(seq) > maxTokens {
+			return embedResult{}, errorf(http.StatusRequestEntityTooLarge, `input %d has %d tokens, over the model's limit of %d ("truncate": false)`, i, len(seq), maxTokens)
 		}
 		ids[i] = seq[:min(len(seq), maxTokens)]
 		tokens += len(ids[i])

@@ -397,6 +397,7 @@ func TestErrorStatuses(t *testing.T) {
 		{"body too large", "/v1/embeddings", `{"input":"` + strings.Repeat("a", 5000) + `"}`, nil, 413, "max_body_bytes"},
 		{"too many inputs", "/v1/embeddings", `{"input":["a","b","c","d"]}`, nil, 413, "max_inputs"},
 		{"input too long", "/v1/embeddings", `{"input":"` + strings.Repeat("é", 21) + `"}`, nil, 413, "max_input_chars"},
+		{"too many tokens, not truncated", "/v1/embeddings", `{"input":["a","a b c d e f g h i"],"truncate":false}`, nil, 413, "input 1 has 9 tokens, over the model's limit of 8"},
 		{"untokenizable", "/v1/embeddings", `{"input":["fine","bad\u0000"]}`, nil, 422, "input 1"},
 		{"blank input", "/v1/embeddings", `{"input":"   "}`, nil, 422, "input 0"},
 		{"infer wrong datatype", "/v2/models/words/infer", `{"inputs":[{"name":"text","shape":[1],"datatype":"FP32","data":[1.0]}]}`, nil, 400, "BYTES"},

@@ -215,7 +215,7 @@ func (s *Server) handleInfer(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, r, err)
 		return
 	}
-	res, err := s.embed(r, sv, req.Texts)
+	res, err := s.embed(r, sv, req.Texts, true)
 	if err != nil {
 		writeAPIError(w, r, err)
 		return

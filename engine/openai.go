@@ -24,6 +24,11 @@ type embeddingsRequest struct {
 	Base64 bool
 	// Dimensions is the requested width; 0 when not given.
 	Dimensions int
+	// Truncate cuts inputs to the model's token limit (the default). False
+	// (infergate's extension, after TEI's "truncate") refuses a longer
+	// input with 413 instead: the semantic cache must not compare two
+	// questions by their first tokens only.
+	Truncate bool
 }
 
 // parseEmbeddingsRequest parses an OpenAI embeddings body. Unknown fields
@@ -36,11 +41,12 @@ func parseEmbeddingsRequest(body []byte) (embeddingsRequest, error) {
 		Model          string          `json:"model"`
 		EncodingFormat *string         `json:"encoding_format"`
 		Dimensions     *int            `json:"dimensions"`
+		Truncate       *bool           `json:"truncate"`
 	}
 	if err := json.Unmarshal(body, &raw); err != nil {
 		return embeddingsRequest{}, errorf(http.StatusBadRequest, "invalid JSON body: %s", jsonMessage(err))
 	}
-	req := embeddingsRequest{Model: raw.Model}
+	req := embeddingsRequest{Model: raw.Model, Truncate: raw.Truncate == nil || *raw.Truncate}
 	in := bytes.TrimSpace(raw.Input)
 	switch {
 	case len(in) == 0 || bytes.Equal(in, []byte("null")):
@@ -151,7 +157,7 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, r, err)
 		return
 	}
-	res, err := s.embed(r, sv, req.Inputs)
+	res, err := s.embed(r, sv, req.Inputs, req.Truncate)
 	if err != nil {
 		writeAPIError(w, r, err)
 		return

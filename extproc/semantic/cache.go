@@ -41,6 +41,11 @@ type Embedder interface {
 // counts the lookup as skipped rather than failed.
 var ErrSaturated = errors.New("semantic: embedding engine saturated")
 
+// ErrTooLong is returned by an Embedder for a text longer than its model
+// reads: embedding only the beginning would make questions that differ at
+// the end look the same, so such a question is not semantically cached.
+var ErrTooLong = errors.New("semantic: text longer than the embedding model reads")
+
 // Config tunes the cache; the zero value gets the defaults listed.
 type Config struct {
 	// MemoryBytes bounds every entry's vector, response, text and index
@@ -57,9 +62,10 @@ type Config struct {
 	// Candidates is how many nearest entries above the threshold are put
 	// to the guard, most similar first. Default 4.
 	Candidates int
-	// MaxTextRunes is the longest question text considered; a sentence
-	// encoder truncates or blurs long inputs, so longer ones are not
-	// semantically cached. Default 1000.
+	// MaxTextRunes is the longest question text sent to be embedded; a
+	// sentence encoder blurs long inputs, so longer ones are not
+	// semantically cached. Texts over the model's token limit are not
+	// either, however short (see ErrTooLong). Default 1000.
 	MaxTextRunes int
 	// EmbedTimeout is the embedding budget of one lookup; the request's own
 	// deadline applies when it is sooner. Default 150ms.
@@ -394,6 +400,9 @@ func (c *Cache) embed(ctx context.Context, p prepared) ([]float32, string) {
 	c.met.embedSeconds.Observe(time.Since(start).Seconds())
 	if errors.Is(err, ErrSaturated) {
 		return nil, outcomeSaturated
+	}
+	if errors.Is(err, ErrTooLong) {
+		return nil, outcomeUncacheable
 	}
 	if err == nil && len(vecs) != 1 {
 		err = fmt.Errorf("%d embeddings for one input", len(vecs))

@@ -2,6 +2,8 @@ package semantic
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -162,6 +164,41 @@ func TestEngineDownIsAMiss(t *testing.T) {
 	c.Wait()
 	if got := counterValue(c.met.stores.WithLabelValues(outcomeEmbedFailed)); got != 1 || c.Len() != 1 {
 		t.Errorf("after a store without embedding: %v embed_failed stores, %d entries; want 1 and 1", got, c.Len())
+	}
+}
+
+// The model reads 128 tokens: questions that share a long beginning and
+// differ after it would embed alike, so they are not cached at all.
+func TestQuestionsLongerThanTheModelReadsAreNotCached(t *testing.T) {
+	preamble := strings.Repeat("The quarterly report covers revenue, costs, hiring plans and the outlook for the coming year in some detail. ", 6)
+	c := newTestCache(t, Config{}, useLite(t))
+	mustStore(t, c, req("acme", "s", "How do I reset my password?"), answer("short"))
+	mustStore(t, c, req("acme", "s", preamble+"Is this good?"), answer("good"))
+	if c.Len() != 1 {
+		t.Fatalf("%d entries, want only the short question's", c.Len())
+	}
+	if hit, ok := c.Lookup(context.Background(), req("acme", "s", preamble+"Is this bad?")); ok {
+		t.Fatalf("a long question was answered with %q", hit.Response.Body)
+	}
+	if got := counterValue(c.met.lookups.WithLabelValues(outcomeUncacheable)); got != 1 {
+		t.Errorf("uncacheable lookups = %v, want 1", got)
+	}
+}
+
+// The engine says 413 to a text over its model's limit when asked not to
+// truncate; the embedder reports ErrTooLong.
+func TestEngineEmbedderAsksNotToTruncate(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ Truncate *bool }
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		if body.Truncate == nil || *body.Truncate {
+			t.Errorf("truncate = %v, want false", body.Truncate)
+		}
+		http.Error(w, `{"error":"input 0 has 300 tokens"}`, http.StatusRequestEntityTooLarge)
+	}))
+	defer srv.Close()
+	if _, err := NewEngineEmbedder(srv.URL, "use-lite", nil).Embed(context.Background(), []string{"long"}); !errors.Is(err, ErrTooLong) {
+		t.Errorf("Embed = %v, want ErrTooLong", err)
 	}
 }
 

@@ -43,6 +43,9 @@ func NewEngineEmbedder(baseURL, modelName string, client *http.Client) *EngineEm
 type embeddingsRequest struct {
 	Model string   `json:"model"`
 	Input []string `json:"input"`
+	// Truncate is false: the engine refuses a question longer than its
+	// model reads, instead of embedding only its beginning.
+	Truncate bool `json:"truncate"`
 }
 
 type embeddingsResponse struct {
@@ -75,6 +78,8 @@ func (e *EngineEmbedder) Embed(ctx context.Context, texts []string) ([][]float32
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable:
 		e.quietUntil.Store(time.Now().Add(retryAfter(resp.Header.Get("Retry-After"))).UnixNano())
 		return nil, fmt.Errorf("%w: engine answered %d", ErrSaturated, resp.StatusCode)
+	case resp.StatusCode == http.StatusRequestEntityTooLarge:
+		return nil, fmt.Errorf("%w: engine answered 413", ErrTooLong)
 	case resp.StatusCode != http.StatusOK:
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return nil, fmt.Errorf("semantic: engine answered %d: %s", resp.StatusCode, bytes.TrimSpace(msg))
@@ -103,9 +108,10 @@ func retryAfter(h string) time.Duration {
 	return time.Second
 }
 
-// EncoderEmbedder embeds in-process with a model.Encoder, truncating each
-// input to the encoder's MaxTokens as the engine does. The evaluation
-// (infergate bench semantic) uses it to measure the encoder itself.
+// EncoderEmbedder embeds in-process with a model.Encoder, refusing an
+// input over the encoder's MaxTokens as EngineEmbedder does. The
+// evaluation (infergate bench semantic) uses it to measure the encoder
+// itself.
 type EncoderEmbedder struct {
 	Encoder model.Encoder
 }
@@ -119,7 +125,7 @@ func (e EncoderEmbedder) Embed(ctx context.Context, texts []string) ([][]float32
 			return nil, err
 		}
 		if n := e.Encoder.MaxTokens(); n > 0 && len(ids) > n {
-			ids = ids[:n]
+			return nil, fmt.Errorf("%w: input %d has %d tokens, over %d", ErrTooLong, i, len(ids), n)
 		}
 		batch[i] = ids
 	}
