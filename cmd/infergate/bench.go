@@ -118,6 +118,9 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	if plan.batchSizes, err = parseList(bs, strconv.Atoi); err != nil {
 		return fmt.Errorf("bench: --batch-sizes: %w", err)
 	}
+	if len(plan.concurrency) == 0 && len(plan.rates) == 0 {
+		return errors.New("bench: give at least one load point (--concurrency or --rate)")
+	}
 	name, _ := f.GetString("model")
 	found := false
 	for _, m := range cfg.Engine.Models {
@@ -175,10 +178,14 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	csvPath, _ := f.GetString("csv")
 	jsonPath, _ := f.GetString("json")
 	plotPath, _ := f.GetString("plot")
-	return writeBenchFiles(results, plan.model.Name, csvPath, jsonPath, plotPath)
+	if err := writeBenchFiles(results, plan.model.Name, csvPath, jsonPath, plotPath); err != nil {
+		return err
+	}
+	return failedPoints(results)
 }
 
-func parseList[T any](s string, parse func(string) (T, error)) ([]T, error) {
+// parseList reads a comma-separated list of positive numbers.
+func parseList[T int | float64](s string, parse func(string) (T, error)) ([]T, error) {
 	var out []T
 	for _, part := range strings.Split(s, ",") {
 		if part = strings.TrimSpace(part); part == "" {
@@ -188,9 +195,27 @@ func parseList[T any](s string, parse func(string) (T, error)) ([]T, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%q is not a number", part)
 		}
+		if !(v > 0) {
+			return nil, fmt.Errorf("%q is not positive", part)
+		}
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// failedPoints names the load points at which no request succeeded: their
+// zeros are not measurements, and bench must not exit 0 on them.
+func failedPoints(results []loadgen.Result) error {
+	var failed []string
+	for _, r := range results {
+		if r.Mode != "ceiling" && r.Errors >= r.Requests {
+			failed = append(failed, fmt.Sprintf("%s %s (%d errors)", r.Mode, label(r), r.Errors))
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("bench: no request succeeded at %s: is the engine up, and does it accept --inputs and --model?", strings.Join(failed, ", "))
+	}
+	return nil
 }
 
 // sweep runs every configured load point against url.
@@ -207,8 +232,8 @@ func (p *benchPlan) sweep(ctx context.Context, log io.Writer, mode, url string) 
 			// load generator's.
 			r.CPUSeconds, r.ItemsPerCPUSecond = 0, 0
 		}
-		fmt.Fprintf(log, "%-10s %-14s %8.1f items/s  %6.1f items/cpu-s  p99 %7.1f ms  mean batch %.1f\n",
-			mode, label(r), r.Throughput, r.ItemsPerCPUSecond, r.P99Ms, r.MeanBatch)
+		fmt.Fprintf(log, "%-10s %-14s %8.1f items/s  %6.1f items/cpu-s  p99 %7.1f ms  mean batch %.1f  errors %d\n",
+			mode, label(r), r.Throughput, r.ItemsPerCPUSecond, r.P99Ms, r.MeanBatch, r.Errors)
 		results = append(results, r)
 		return nil
 	}

@@ -75,6 +75,9 @@ func TestBadInputIsOneClearLine(t *testing.T) {
 		{"missing file", []string{"xds", "-c", "/nonexistent/infergate.yaml"}, "/nonexistent/infergate.yaml"},
 		{"port in use", []string{"xds", "-c", writeConfig(t, fmt.Sprintf("xds:\n  listen: %s\n  admin: %s\n", busy.Addr(), freeAddr(t)))}, "address already in use"},
 		{"unknown command", []string{"frobnicate"}, "unknown command"},
+		{"bench without load", []string{"bench", "--concurrency=", "--modes", "ceiling"}, "at least one load point"},
+		{"bench at no concurrency", []string{"bench", "--concurrency", "-1"}, `"-1" is not positive`},
+		{"bench against nothing", []string{"bench", "--url", "http://" + freeAddr(t), "--concurrency", "1", "--warmup", "10ms", "--duration", "50ms", "--max-windows", "1"}, "no request succeeded at engine c=1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -24,7 +24,8 @@ var selftestCmd = &cobra.Command{
 	Long: `selftest loads the USE-Lite model on the engine's configured backend
 (engine.backend: simplego, or xla on a GPU), embeds the sentences of the
 golden file in one batch, and compares every component with the vectors
-TensorFlow.js produced. Exit status 0 only when all match within --tolerance\n(1e-5, fp32 rounding).`,
+TensorFlow.js produced. Exit status 0 only when all match within --tolerance
+(1e-5, fp32 rounding).`,
 	Args: cobra.NoArgs,
 	RunE: func(cmd *cobra.Command, _ []string) error {
 		cfg, err := loadConfig(cmd)
@@ -78,6 +79,9 @@ TensorFlow.js produced. Exit status 0 only when all match within --tolerance\n(1
 
 		maxDiff := 0.0
 		for i, c := range cases {
+			if len(c.Vector) != len(vecs[i]) {
+				return fmt.Errorf("selftest: golden vector %d has %d components, the model gives %d: the golden file is not this model's", i, len(c.Vector), len(vecs[i]))
+			}
 			for j, want := range c.Vector {
 				maxDiff = math.Max(maxDiff, math.Abs(float64(vecs[i][j]-want)))
 			}

@@ -66,4 +66,15 @@ func TestSelftestGoldenVectors(t *testing.T) {
 	if _, last, code := runExit(t, "selftest", "-c", cfg, "--golden", golden, "--tolerance", "0"); code != 1 || !strings.Contains(last, "must be positive") {
 		t.Errorf("zero tolerance: exit %d, last line %q", code, last)
 	}
+	// A golden file for another model fails, whatever its vectors' width.
+	for _, width := range []int{3, 600} {
+		other := filepath.Join(t.TempDir(), "other.json")
+		vec := strings.TrimSuffix(strings.Repeat("0.01,", width), ",")
+		if err := os.WriteFile(other, fmt.Appendf(nil, `{"cases":[{"text":"hello","vector":[%s]}]}`, vec), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, last, code := runExit(t, "selftest", "-c", cfg, "--golden", other); code != 1 || !strings.Contains(last, "not this model's") {
+			t.Errorf("%d-wide golden vector: exit %d, last line %q", width, code, last)
+		}
+	}
 }

@@ -58,7 +58,7 @@ type weightSpec struct {
 }
 
 // errMissingFiles marks a model folder that is absent or incomplete.
-var errMissingFiles = errors.New(`run "make deps" (or "make model") to download the USE-Lite model`)
+var errMissingFiles = errors.New(`run "make deps" (or "make model") to download the USE-Lite model; delete an incomplete model folder first`)
 
 // readModelFile reads one file of the model folder, turning "not there" into
 // the error that says how to get it.
