@@ -212,6 +212,12 @@ func (e *Encoder) wireInputs() error {
 	if !slices.ContainsFunc(e.feeds, func(f feed) bool { return f.kind == feedIDs }) {
 		return fmt.Errorf("onnxenc: the graph has no input %q; its inputs are %s", e.opts.InputIDsName, describe(names, shapes))
 	}
+	if !slices.ContainsFunc(e.feeds, func(f feed) bool { return f.kind == feedMask }) {
+		// Sequences are padded to shared lengths; without a mask the real
+		// tokens attend to the padding and every vector changes.
+		return fmt.Errorf("onnxenc: the graph has no input %q, so padding would change its vectors; export it with the attention mask as an input (its inputs are %s)",
+			e.opts.AttentionMaskName, describe(names, shapes))
+	}
 	return nil
 }
 

@@ -499,6 +499,12 @@ func TestLoadErrors(t *testing.T) {
 			}
 		}
 	}
+	// Without a mask input, the padding of shared lengths would be
+	// attended to and change every vector.
+	nomask := newFixture(t, tinybert.Config{Seed: 8, NoAttentionMaskInput: true})
+	if _, err := Load(nomask.opts, newBackend(t)); err == nil || !strings.Contains(err.Error(), `no input "attention_mask"`) {
+		t.Errorf("Load of a graph without attention_mask: %v, want it refused", err)
+	}
 	garbage := filepath.Join(f.dir, "garbage.onnx")
 	if err := os.WriteFile(garbage, []byte("not a protobuf at all"), 0o644); err != nil {
 		t.Fatal(err)

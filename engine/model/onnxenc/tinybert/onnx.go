@@ -91,7 +91,11 @@ func (m *Model) build(externalName string) (model, external []byte, err error) {
 
 	// Additive attention bias [batch, 1, 1, sequence]: 0 where attended,
 	// the lowest float32 where masked.
-	masked := b.op("Equal", b.op("Unsqueeze", "attention_mask", b.constInts([]int64{2}, 1, 2)), b.constInts(nil, 0))
+	mask := "attention_mask"
+	if m.NoAttentionMaskInput {
+		mask = b.opAttrs("ConstantOfShape", []string{shape}, attr("value", tensorAttr(onnxInt64, []int64{1}, int64Bytes([]int64{1}))))
+	}
+	masked := b.op("Equal", b.op("Unsqueeze", mask, b.constInts([]int64{2}, 1, 2)), b.constInts(nil, 0))
 	bias := b.op("Where", masked, b.constFloat(-math.MaxFloat32), b.constFloat(0))
 
 	headsShape := b.opAttrs("Concat", []string{batchDim, seqDim, b.constInts([]int64{2}, int64(m.Heads), int64(dh))},
@@ -141,7 +145,10 @@ func (m *Model) build(externalName string) (model, external []byte, err error) {
 	pooled := b.op("Add", b.op("MatMul", first, b.weight("pooler.dense.weight", m.PoolerW)), b.vector("pooler.dense.bias", m.PoolerB))
 	b.rename(b.op("Tanh", pooled), "pooler_output")
 
-	inputs := []any{valueInfo("input_ids", onnxInt64, "batch", "sequence"), valueInfo("attention_mask", onnxInt64, "batch", "sequence")}
+	inputs := []any{valueInfo("input_ids", onnxInt64, "batch", "sequence")}
+	if !m.NoAttentionMaskInput {
+		inputs = append(inputs, valueInfo("attention_mask", onnxInt64, "batch", "sequence"))
+	}
 	if !m.NoTokenTypeInput {
 		inputs = append(inputs, valueInfo("token_type_ids", onnxInt64, "batch", "sequence"))
 	}

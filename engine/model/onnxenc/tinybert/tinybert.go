@@ -29,6 +29,10 @@ type Config struct {
 	// NoTokenTypeInput leaves token_type_ids out of the graph's inputs; the
 	// graph then uses zeros, like a BertModel exported without them.
 	NoTokenTypeInput bool
+	// NoAttentionMaskInput leaves attention_mask out of the graph's inputs;
+	// every position is attended, like a model exported with input_ids
+	// only.
+	NoAttentionMaskInput bool
 	// TorchScriptQuirks adds what torch.onnx.export(dynamo=False) emits
 	// and the dynamo exporter does not: an empty int64 Constant, with no
 	// data field, concatenated into a Reshape's target shape.
