@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -76,6 +77,11 @@ func parseXLAConfig(options string) (xlaConfig, error) {
 	for _, p := range parts[1:] {
 		key, value, ok := strings.Cut(p, "=")
 		if !ok {
+			// GoMLX's own words; it only logs any other and goes on, so a
+			// misspelt option would silently do nothing.
+			if !slices.Contains([]string{"tf32", "shared_buffers", "noshared_buffers"}, p) {
+				return cfg, fmt.Errorf("unknown option %q: the XLA backend takes tf32, shared_buffers, noshared_buffers, memory_fraction=, preallocate= and allocator=", p)
+			}
 			gomlx = append(gomlx, p)
 			continue
 		}

@@ -72,6 +72,8 @@ func TestParseXLAConfig(t *testing.T) {
 		"preallocate=maybe":    "true or false",
 		"allocator=arena":      "cuda_async",
 		"mem_fraction=0.5":     `unknown option "mem_fraction"`,
+		"memory_fraction":      `unknown option "memory_fraction"`, // the value forgotten
+		"tf_32":                `unknown option "tf_32"`,
 	} {
 		if _, err := parseXLAConfig("cuda," + option); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: error %v, want one containing %q", option, err, want)
