@@ -161,12 +161,14 @@ func Load(opts Options, backend backends.Backend) (*Encoder, error) {
 	}
 	e.weights = mlctx.New()
 	if err := catch(func() error { return m.VariablesToContext(e.weights) }); err != nil {
+		e.release()
 		return nil, fmt.Errorf("onnxenc: loading weights of %s: %w", opts.ModelPath, err)
 	}
 	// Compile the smallest bucket now and learn the width where the graph
 	// leaves it dynamic.
 	out, err := e.runChunk([][]int32{{0}})
 	if err != nil {
+		e.release()
 		return nil, fmt.Errorf("%w (model %s)", err, opts.ModelPath)
 	}
 	e.dim = len(out[0])
@@ -292,11 +294,21 @@ func (e *Encoder) Close() error {
 	e.closed = true
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.release()
+	return nil
+}
+
+// release frees the compiled buckets and the weights (on XLA, device
+// memory), with e.mu held or before e is shared.
+func (e *Encoder) release() {
 	for _, ex := range e.execs {
 		ex.Finalize()
 	}
 	e.execs = nil
-	return nil
+	if e.weights != nil {
+		e.weights.Finalize()
+		e.weights = nil
+	}
 }
 
 // catch turns a panic of the graph-building libraries into an error.
