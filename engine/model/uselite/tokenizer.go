@@ -108,9 +108,18 @@ type edge struct {
 	id    int32
 }
 
+// graphemeJoiner is U+034F COMBINING GRAPHEME JOINER.
+const graphemeJoiner = '\u034f'
+
 // encode returns the token ids of text; empty when NFKC(text) is empty.
 func (t *tokenizer) encode(text string) []int32 {
 	normalized := norm.NFKC.String(text)
+	if !strings.ContainsRune(text, graphemeJoiner) {
+		// Go's NFKC follows the Stream-Safe Text Format and inserts U+034F
+		// after 30 combining marks in a row; JavaScript's normalize, which
+		// TF.js used, does not.
+		normalized = strings.ReplaceAll(normalized, string(graphemeJoiner), "")
+	}
 	if normalized == "" {
 		return nil
 	}

@@ -114,6 +114,16 @@ func TestTokenizeMatchesTFJS(t *testing.T) {
 	}
 }
 
+// Over 30 combining marks in a row, Go's NFKC inserts U+034F and
+// JavaScript's does not; the ids are TF.js's for this text.
+func TestTokenizeLongRunsOfCombiningMarksAsTFJS(t *testing.T) {
+	enc := testEncoder(t)
+	want := append([]int32{30, 7989}, slices.Repeat([]int32{7965}, 30)...)
+	if got, err := enc.Tokenize("e" + strings.Repeat("\u0308", 31)); err != nil || !slices.Equal(got, want) {
+		t.Errorf("Tokenize = %v, %v\nwant %v", got, err, want)
+	}
+}
+
 func TestTokenizeEmptyIsUntokenizable(t *testing.T) {
 	enc := testEncoder(t)
 	if _, err := enc.Tokenize(""); !errors.Is(err, model.ErrUntokenizable) {
