@@ -102,6 +102,9 @@ func standsAlone(s string, start, end int) bool {
 	return true
 }
 
+// isWordChar is the regex \w of HuggingFace's Rust tokenizers: letters,
+// marks, decimal and letter numbers, connector punctuation, and the
+// zero-width (non-)joiner.
 func isWordChar(r rune) bool {
-	return r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r)
+	return unicode.In(r, unicode.L, unicode.M, unicode.Nd, unicode.Nl, unicode.Pc) || r == '\u200c' || r == '\u200d'
 }

@@ -108,8 +108,19 @@ func Parse(data []byte) (*Tokenizer, error) {
 		if a.Content == "" {
 			continue
 		}
+		content := a.Content
+		if a.Normalized {
+			// Matched in normalized text, so normalized too, as HuggingFace
+			// does ("<Y>" under a lower-casing normalizer is "<y>").
+			for _, normalize := range t.normalizers {
+				content = normalize(content)
+			}
+			if content == "" {
+				continue
+			}
+		}
 		t.added = append(t.added, addedToken{
-			content: a.Content, id: a.ID, singleWord: a.SingleWord,
+			content: content, id: a.ID, singleWord: a.SingleWord,
 			lstrip: a.LStrip, rstrip: a.RStrip, normalized: a.Normalized,
 		})
 	}

@@ -241,6 +241,26 @@ func TestAddedTokenStrip(t *testing.T) {
 	if want := []int32{2, 8, 1, 1, 1, 14, 3}; !slices.Equal(got, want) {
 		t.Errorf("glued: got %v, want %v", got, want)
 	}
+	// A combining mark is a word character to HuggingFace's \w, as a
+	// letter number is.
+	for _, text := range []string{"cafe\u0301<x>", "fox\u216b<x>"} {
+		if got, _ := tok.Encode(text); slices.Contains(got, 29) {
+			t.Errorf("%q: got %v, want <x> glued to the word", text, got)
+		}
+	}
+}
+
+// An added token matched after normalization is normalized itself, as
+// HuggingFace's tokenizers do: "<Y>" under a lower-casing normalizer.
+func TestNormalizedAddedToken(t *testing.T) {
+	f := tokenizerFile()
+	f["added_tokens"] = append(f["added_tokens"].([]map[string]any), map[string]any{
+		"id": 29, "content": "<Y>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": true,
+	})
+	got, _ := loadTokenizer(t, f).Encode("THE <Y> FOX")
+	if want := []int32{2, 5, 29, 8, 3}; !slices.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
 }
 
 func TestLoadErrors(t *testing.T) {
