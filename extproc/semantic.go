@@ -30,13 +30,14 @@ func (s *Server) newSemantic(cfg config.ExtProc) (*semantic.Cache, error) {
 		IdleConnTimeout:     90 * time.Second,
 	}}
 	sem, err := semantic.New(semantic.Config{
-		MemoryBytes:   int64(sc.MemoryMB) << 20,
-		MaxTTL:        cfg.Cache.MaxTTL,
-		HNSWThreshold: sc.HNSWThreshold,
-		HNSW:          semantic.HNSWParams{M: sc.HNSWM, EfConstruction: sc.HNSWEfConstruction, EfSearch: sc.HNSWEfSearch},
-		EmbedTimeout:  sc.EmbedTimeout,
-		MaxInFlight:   sc.MaxInFlight,
-		Synonyms:      sc.SynonymGroups(),
+		EmbeddingModel: sc.Model,
+		MemoryBytes:    int64(sc.MemoryMB) << 20,
+		MaxTTL:         cfg.Cache.MaxTTL,
+		HNSWThreshold:  sc.HNSWThreshold,
+		HNSW:           semantic.HNSWParams{M: sc.HNSWM, EfConstruction: sc.HNSWEfConstruction, EfSearch: sc.HNSWEfSearch},
+		EmbedTimeout:   sc.EmbedTimeout,
+		MaxInFlight:    sc.MaxInFlight,
+		Synonyms:       sc.SynonymGroups(),
 	}, semantic.NewEngineEmbedder(sc.EngineURL, sc.Model, client), s.reg, s.log.With("stage", "semantic"))
 	if err != nil {
 		return nil, err

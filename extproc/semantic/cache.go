@@ -73,6 +73,9 @@ type Config struct {
 	// MaxInFlight bounds concurrent embedding calls; a lookup that finds
 	// them all busy is skipped. Default 64.
 	MaxInFlight int
+	// EmbeddingModel names the model the Embedder uses; it is part of every
+	// scope.
+	EmbeddingModel string
 	// Synonyms are groups of words the guard treats as one topic word
 	// ("thaw defrost"), added to its built-in ones; each word lower-case.
 	Synonyms [][]string
@@ -244,7 +247,7 @@ type prepared struct {
 	labels   purgeLabels
 }
 
-func prepare(req Request) (prepared, error) {
+func (c *Cache) prepare(req Request) (prepared, error) {
 	if req.Policy.Cache != policy.CacheSemantic {
 		return prepared{}, fmt.Errorf("%w: route cache mode is %q", ErrNotSemantic, req.Policy.Cache)
 	}
@@ -252,7 +255,9 @@ func prepare(req Request) (prepared, error) {
 	if err != nil {
 		return prepared{}, err
 	}
-	scope := hashHex(req.Policy.Route, req.Scope, id.Context)
+	// Vectors of different models are never compared (replicas mid-way
+	// through a model change, entries in Redis from before it).
+	scope := hashHex(c.cfg.EmbeddingModel, req.Policy.Route, req.Scope, id.Context)
 	labels := purgeLabels{Route: req.Policy.Route, Scope: req.Scope, Model: id.Model, Key: req.ExactKey}
 	return prepared{scope: scope, question: id.Text, key: hashHex(scope, id.Text), labels: labels}, nil
 }
@@ -289,7 +294,7 @@ const (
 )
 
 func (c *Cache) lookup(ctx context.Context, req Request) (Hit, string) {
-	p, err := prepare(req)
+	p, err := c.prepare(req)
 	if err != nil || utf8.RuneCountInString(p.question) > c.cfg.MaxTextRunes {
 		return Hit{}, outcomeUncacheable
 	}
@@ -456,7 +461,7 @@ func (c *Cache) storeNow(ctx context.Context, p prepared, req Request, resp Stor
 }
 
 func (c *Cache) storable(req Request) (prepared, time.Duration, error) {
-	p, err := prepare(req)
+	p, err := c.prepare(req)
 	if err != nil {
 		return prepared{}, 0, err
 	}

@@ -136,6 +136,13 @@ func TestScopeIsolation(t *testing.T) {
 	if _, ok := c.Lookup(context.Background(), req("acme", "You are a support bot.", "How do I reset my password?")); !ok {
 		t.Error("the same request in the same scope missed")
 	}
+	// Another embedding model's vectors (a replica mid-way through a model
+	// change, say) are never compared with these.
+	other := newTestCache(t, Config{EmbeddingModel: "other-model"}, useLite(t))
+	r := req("acme", "You are a support bot.", "How do I reset my password?")
+	if mustPrepare(t, c, r).scope == mustPrepare(t, other, r).scope {
+		t.Error("two embedding models share a scope")
+	}
 }
 
 func TestEngineDownIsAMiss(t *testing.T) {
@@ -212,7 +219,7 @@ func TestSaturatedEngineIsLeftAlone(t *testing.T) {
 	defer srv.Close()
 	emb := NewEngineEmbedder(srv.URL, "use-lite", srv.Client())
 	c := newTestCache(t, Config{}, emb)
-	c.insert(&entry{key: "k", scope: mustPrepare(t, req("acme", "s", "q")).scope, question: "q", vec: unit(512, 1), expires: time.Now().Add(time.Minute)})
+	c.insert(&entry{key: "k", scope: mustPrepare(t, c, req("acme", "s", "q")).scope, question: "q", vec: unit(512, 1), expires: time.Now().Add(time.Minute)})
 	for range 5 {
 		if _, ok := c.Lookup(context.Background(), req("acme", "s", "How can I reset my password?")); ok {
 			t.Fatal("hit from a saturated engine")
@@ -237,7 +244,7 @@ func TestSlowEngineIsBoundedByTheBudget(t *testing.T) {
 	defer srv.Close()
 	defer close(release)
 	c := newTestCache(t, Config{EmbedTimeout: 50 * time.Millisecond}, NewEngineEmbedder(srv.URL, "use-lite", srv.Client()))
-	c.insert(&entry{key: "k", scope: mustPrepare(t, req("acme", "s", "q")).scope, question: "q", vec: unit(512, 1), expires: time.Now().Add(time.Minute)})
+	c.insert(&entry{key: "k", scope: mustPrepare(t, c, req("acme", "s", "q")).scope, question: "q", vec: unit(512, 1), expires: time.Now().Add(time.Minute)})
 	done := make(chan bool)
 	go func() {
 		_, ok := c.Lookup(context.Background(), req("acme", "s", "q"))
@@ -303,9 +310,9 @@ func TestMemoryBoundEvictsLeastRecentlyUsed(t *testing.T) {
 	}
 }
 
-func mustPrepare(t *testing.T, r Request) prepared {
+func mustPrepare(t *testing.T, c *Cache, r Request) prepared {
 	t.Helper()
-	p, err := prepare(r)
+	p, err := c.prepare(r)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -118,7 +118,7 @@ func RunSweep(ctx context.Context, emb Embedder, pairs []Pair, thresholds []floa
 			return Sweep{}, fmt.Errorf("embedding: %w", err)
 		}
 		for j, v := range vecs {
-			p, err := prepare(request(batch[j]))
+			p, err := c.prepare(request(batch[j]))
 			if err != nil {
 				return Sweep{}, fmt.Errorf("%q: %w", batch[j], err)
 			}
@@ -157,7 +157,7 @@ func RunSweep(ctx context.Context, emb Embedder, pairs []Pair, thresholds []floa
 		} else {
 			s.FalsePairs++
 		}
-		pr, err := prepare(request(p.B))
+		pr, err := c.prepare(request(p.B))
 		if err != nil {
 			return Sweep{}, err
 		}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -139,6 +140,12 @@ func contentText(content any) (string, error) {
 			if !ok || part["type"] != "text" {
 				return "", fmt.Errorf("%w: content part other than text", ErrNotSemantic)
 			}
+			// Only type and text are read, and the part is left out of the
+			// context; another key ("Text", which Go's encoding/json would
+			// read as text) could change the answer unseen.
+			if len(part) != 2 {
+				return "", fmt.Errorf("%w: text part with keys other than type and text", ErrNotSemantic)
+			}
 			t, ok := part["text"].(string)
 			if !ok {
 				return "", fmt.Errorf("%w: text part without text", ErrNotSemantic)
@@ -192,7 +199,15 @@ func canonical(v any) any {
 		}
 		return x
 	case json.Number:
+		if !strings.ContainsAny(string(x), ".eE") {
+			// An integer keeps its digits: seeds above 2^53 differ only
+			// past float64's precision.
+			return x
+		}
 		if f, err := strconv.ParseFloat(string(x), 64); err == nil {
+			if f == math.Trunc(f) && math.Abs(f) < 1<<53 {
+				return json.Number(strconv.FormatInt(int64(f), 10))
+			}
 			return json.Number(strconv.FormatFloat(f, 'g', -1, 64))
 		}
 		return x

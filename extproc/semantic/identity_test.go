@@ -51,6 +51,8 @@ func TestParseIdentityContext(t *testing.T) {
 		`{"model":"m","temperature":0,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Q0"},{"role":"assistant","content":"A0"},{"role":"user","content":"Q1"}]}`,
 		`{"model":"m","temperature":0,"tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Q1"}]}`,
 		`{"model":"m","temperature":0,"response_format":{"type":"json_object"},"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Q1"}]}`,
+		// Seeds past float64's 2^53 still differ.
+		`{"model":"m","temperature":0,"seed":9007199254740993,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Q1"}]}`,
 	}
 	for _, b := range differ {
 		if got := ctx("/v1/chat/completions", b); got == want {
@@ -59,6 +61,15 @@ func TestParseIdentityContext(t *testing.T) {
 	}
 	if ctx("/v1/completions", `{"model":"m","prompt":"Q1"}`) == ctx("/v1/completions", `{"model":"m","prompt":"Q1","max_tokens":5}`) {
 		t.Error("max_tokens does not change a completion's context")
+	}
+	seed := func(n string) string {
+		return ctx("/v1/completions", `{"model":"m","prompt":"Q1","seed":`+n+`}`)
+	}
+	if seed("9007199254740992") == seed("9007199254740993") {
+		t.Error("two seeds above 2^53 share a context")
+	}
+	if seed("7") != seed("7.0") || seed("7") != seed("7e0") {
+		t.Error("7, 7.0 and 7e0 are one seed")
 	}
 }
 
@@ -74,6 +85,8 @@ func TestParseIdentityRefuses(t *testing.T) {
 		{"/v1/chat/completions", `{"model":"m","messages":"hi"}`},
 		{"/v1/chat/completions", `not json`},
 		{"/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"a"}]} {}`},
+		// Go's encoding/json would read "Text" as the text.
+		{"/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"A","Text":"B"}]}]}`},
 	} {
 		if _, err := ParseIdentity(tc.path, []byte(tc.body)); !errors.Is(err, ErrNotSemantic) {
 			t.Errorf("ParseIdentity(%s, %s) error = %v, want ErrNotSemantic", tc.path, tc.body, err)
