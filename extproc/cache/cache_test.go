@@ -172,18 +172,8 @@ func TestStoreSharesEntriesAndPurgesThroughRedis(t *testing.T) {
 	if _, level, _ = b.Get(ctx, k); level != LevelLocal {
 		t.Fatalf("second read on b came from %s, want local", level)
 	}
-	// Give the subscription time to be established before purging.
+	waitSubscribed(t, a)
 	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		n, err := a.redis.Client.PubSubNumSub(ctx, a.purgeChannel()).Result()
-		if err == nil && n[a.purgeChannel()] > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("replica b never subscribed to purges")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 	n, err := a.Purge(ctx, Selector{Model: "m"})
 	if err != nil || n != 2 {
 		t.Fatalf("purge: n=%d err=%v, want a's local copy and the Redis one", n, err)
@@ -199,6 +189,57 @@ func TestStoreSharesEntriesAndPurgesThroughRedis(t *testing.T) {
 	}
 	if _, _, ok := b.Get(ctx, k); ok {
 		t.Fatal("purged entry still served")
+	}
+}
+
+// waitSubscribed waits until another replica follows s's purges.
+func waitSubscribed(t *testing.T, s *Store) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		n, err := s.redis.Client.PubSubNumSub(context.Background(), s.purgeChannel()).Result()
+		if err == nil && n[s.purgeChannel()] > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no replica ever subscribed to purges")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A replica whose purge subscription broke may have missed purges. When
+// go-redis reconnects it, the replica empties its local level and tells
+// the caches beside it; Redis still serves what was not purged.
+func TestReconnectedPurgeFollowerEmptiesItsLocalLevel(t *testing.T) {
+	srv := redistest.Start(t)
+	a, b := newRedisStore(t, srv.Addr), newRedisStore(t, srv.Addr)
+	relayed := make(chan Selector, 8)
+	b.OnRelayedPurge(func(sel Selector) { relayed <- sel })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go b.FollowPurges(ctx)
+	waitSubscribed(t, a)
+	k := NewKey(Request{Route: "r", Model: "m", Scope: "t:x"})
+	if err := b.Set(ctx, k, &Entry{Status: 200, Body: []byte("kept in redis"), StoredAt: time.Now(), TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.redis.Client.ClientKillByFilter(ctx, "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case sel := <-relayed:
+		if !sel.All {
+			t.Errorf("relayed %+v, want all", sel)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the reconnected subscription emptied nothing")
+	}
+	if _, ok := b.local.Get(k, time.Now()); ok {
+		t.Error("the local copy survived the reconnection")
+	}
+	if e, level, ok := b.Get(ctx, k); !ok || level != LevelRedis || string(e.Body) != "kept in redis" {
+		t.Errorf("after the reconnection: ok=%v level=%s, want the entry from Redis", ok, level)
 	}
 }
 

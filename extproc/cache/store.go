@@ -162,13 +162,16 @@ func escapeGlob(s string) string {
 }
 
 // FollowPurges applies purges published by other replicas to the local
-// level until ctx ends. It resubscribes after Redis outages, emptying the
-// local level each time it does.
+// level until ctx ends. Purges published while this replica was not
+// subscribed (at start, while the connection was down, which go-redis
+// repairs silently) never reach it, so at every subscription it empties
+// the local level, and after an outage the caches beside it (see
+// OnRelayedPurge); Redis still holds every entry not purged.
 func (s *Store) FollowPurges(ctx context.Context) {
 	if s.redis == nil {
 		return
 	}
-	for ctx.Err() == nil {
+	for first := true; ctx.Err() == nil; {
 		sub := s.redis.Client.Subscribe(ctx, s.purgeChannel())
 		if _, err := sub.Receive(ctx); err != nil {
 			_ = sub.Close()
@@ -178,16 +181,24 @@ func (s *Store) FollowPurges(ctx context.Context) {
 			}
 			continue
 		}
-		// Purges published while this replica was not subscribed (at
-		// start, during an outage) never reach it: drop the local copies
-		// made before, Redis still holds every entry not purged.
-		s.local.Purge(Selector{All: true})
-		s.applyPurges(ctx, sub.Channel())
+		s.subscribed(first)
+		first = false
+		s.applyPurges(ctx, sub.ChannelWithSubscriptions())
 		_ = sub.Close()
 	}
 }
 
-func (s *Store) applyPurges(ctx context.Context, ch <-chan *redis.Message) {
+// subscribed empties what may hold purged entries; first is the
+// subscription at start, when the caches beside this one hold only what
+// they just loaded from Redis.
+func (s *Store) subscribed(first bool) {
+	s.local.Purge(Selector{All: true})
+	if !first && s.relayed != nil {
+		s.relayed(Selector{All: true})
+	}
+}
+
+func (s *Store) applyPurges(ctx context.Context, ch <-chan any) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -196,19 +207,31 @@ func (s *Store) applyPurges(ctx context.Context, ch <-chan *redis.Message) {
 			if !ok {
 				return
 			}
-			var pm purgeMessage
-			if err := json.Unmarshal([]byte(m.Payload), &pm); err != nil {
-				s.log.Warn("ignoring malformed purge message", "error", err)
-				continue
-			}
-			if pm.Origin == s.origin || pm.Selector.Validate() != nil {
-				continue
-			}
-			s.local.Purge(pm.Selector)
-			if s.relayed != nil {
-				s.relayed(pm.Selector)
+			switch m := m.(type) {
+			case *redis.Subscription:
+				if m.Kind == "subscribe" {
+					// go-redis reconnected and subscribed again.
+					s.subscribed(false)
+				}
+			case *redis.Message:
+				s.applyPurge(m.Payload)
 			}
 		}
+	}
+}
+
+func (s *Store) applyPurge(payload string) {
+	var pm purgeMessage
+	if err := json.Unmarshal([]byte(payload), &pm); err != nil {
+		s.log.Warn("ignoring malformed purge message", "error", err)
+		return
+	}
+	if pm.Origin == s.origin || pm.Selector.Validate() != nil {
+		return
+	}
+	s.local.Purge(pm.Selector)
+	if s.relayed != nil {
+		s.relayed(pm.Selector)
 	}
 }
 
