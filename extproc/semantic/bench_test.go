@@ -83,6 +83,7 @@ func buildBenchCache(b *testing.B, n int, hnsw bool) *benchCache {
 			b.Fatal(out)
 		}
 	}
+	c.Wait() // the graph is built in the background
 	build := time.Since(start)
 	c.recent = newVectorMemo(1, time.Nanosecond) // lookups must search, not reuse Store's vectors
 	runtime.GC()

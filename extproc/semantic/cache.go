@@ -189,6 +189,21 @@ type scope struct {
 	dim  int
 	idx  vectorIndex
 	hnsw bool
+	// build is the graph being built outside the lock to replace idx (a
+	// promotion, or a rebuild of a stale graph); nil when none.
+	build *indexBuild
+}
+
+// indexBuild collects what changes in a scope while its new graph is
+// built, to replay on the graph before it replaces the index.
+type indexBuild struct {
+	changes []indexChange
+}
+
+// indexChange is an entry added (vec set) or removed (vec nil).
+type indexChange struct {
+	id  uint64
+	vec []float32
 }
 
 type entry struct {
@@ -542,12 +557,14 @@ func (c *Cache) insert(e *entry) bool {
 	}
 	c.nextID++
 	e.id = c.nextID
-	if !sc.hnsw && sc.idx.len() >= c.cfg.HNSWThreshold {
-		c.promoteLocked(sc)
-	}
 	sc.idx.add(e.id, e.vec)
 	c.entries[e.id] = e
 	c.byKey[e.key] = e
+	if sc.build != nil {
+		sc.build.changes = append(sc.build.changes, indexChange{id: e.id, vec: e.vec})
+	} else if !sc.hnsw && sc.idx.len() > c.cfg.HNSWThreshold {
+		c.buildGraphLocked(e.scope, sc)
+	}
 	e.lruElem = c.lru.PushFront(e)
 	pushExpiry(&c.expiry, e)
 	c.bytes += e.size
@@ -563,13 +580,38 @@ func (c *Cache) insert(e *entry) bool {
 }
 
 // promoteLocked moves a scope that outgrew exact search onto an HNSW graph.
-func (c *Cache) promoteLocked(sc *scope) {
-	flat := sc.idx.(*flatIndex)
-	g := newHNSWIndex(sc.dim, c.cfg.HNSW)
-	for _, id := range flat.ids {
-		g.add(id, c.entries[id].vec)
+// buildGraphLocked builds an HNSW graph of the scope's live entries in the
+// background: building one of a few thousand entries takes about a second
+// on two cores, which no lookup of any scope may wait for. The scope keeps
+// its index meanwhile; its changes are replayed on the graph, which then
+// replaces it.
+func (c *Cache) buildGraphLocked(key string, sc *scope) {
+	ids := sc.idx.live()
+	vecs := make([][]float32, len(ids))
+	for i, id := range ids {
+		vecs[i] = c.entries[id].vec
 	}
-	sc.idx, sc.hnsw = g, true
+	b := &indexBuild{}
+	sc.build = b
+	c.bg.Go(func() {
+		g := newHNSWIndex(sc.dim, c.cfg.HNSW)
+		for i, id := range ids {
+			g.add(id, vecs[i])
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.scopes[key] != sc || sc.build != b {
+			return // the scope was dropped meanwhile
+		}
+		for _, ch := range b.changes {
+			if ch.vec != nil {
+				g.add(ch.id, ch.vec)
+			} else {
+				g.remove(ch.id)
+			}
+		}
+		sc.idx, sc.hnsw, sc.build = g, true, nil
+	})
 }
 
 func (c *Cache) removeLocked(e *entry) {
@@ -585,8 +627,13 @@ func (c *Cache) removeLocked(e *entry) {
 	c.bytes -= e.size
 	if sc := c.scopes[e.scope]; sc != nil {
 		sc.idx.remove(e.id)
-		if sc.idx.len() == 0 {
+		switch g, isGraph := sc.idx.(*hnswIndex); {
+		case sc.idx.len() == 0:
 			delete(c.scopes, e.scope)
+		case sc.build != nil:
+			sc.build.changes = append(sc.build.changes, indexChange{id: e.id})
+		case isGraph && g.stale():
+			c.buildGraphLocked(e.scope, sc)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package semantic
 import (
 	"cmp"
 	"container/heap"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -70,6 +71,8 @@ func newHNSWIndex(dim int, p HNSWParams) *hnswIndex {
 }
 
 func (h *hnswIndex) len() int { return len(h.byID) }
+
+func (h *hnswIndex) live() []uint64 { return slices.Collect(maps.Keys(h.byID)) }
 
 func (h *hnswIndex) linkBytes() int {
 	// layer 0 holds up to 2M links, upper layers M each with probability
@@ -247,24 +250,13 @@ func (h *hnswIndex) remove(id uint64) {
 	h.deleted++
 	if len(h.byID) == 0 {
 		*h = *newHNSWIndex(h.dim, h.p)
-		return
-	}
-	if h.deleted > len(h.byID) {
-		h.rebuild()
 	}
 }
 
-// rebuild inserts the live nodes into a fresh graph.
-func (h *hnswIndex) rebuild() {
-	fresh := newHNSWIndex(h.dim, h.p)
-	fresh.rng = h.rng
-	for _, n := range h.nodes {
-		if !n.deleted {
-			fresh.add(n.id, n.vec)
-		}
-	}
-	*h = *fresh
-}
+// stale reports whether deleted nodes outnumber live ones: searches still
+// answer right (they step over deleted nodes), but the graph should be
+// built again from the live ones, which the cache does outside its lock.
+func (h *hnswIndex) stale() bool { return h.deleted > len(h.byID) }
 
 type scored struct {
 	idx int32

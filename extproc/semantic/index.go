@@ -1,6 +1,9 @@
 package semantic
 
-import "sort"
+import (
+	"slices"
+	"sort"
+)
 
 // neighbor is one search result: an entry and its similarity to the query.
 type neighbor struct {
@@ -17,6 +20,8 @@ type vectorIndex interface {
 	// search returns up to k live entries, most similar first.
 	search(q []float32, k int) []neighbor
 	len() int
+	// live lists the ids of the live entries.
+	live() []uint64
 	// linkBytes estimates the memory the index spends on an entry beyond
 	// its vector, for the cache's memory bound.
 	linkBytes() int
@@ -59,6 +64,12 @@ func (f *flatIndex) remove(id uint64) {
 	f.ids = f.ids[:last]
 	f.vecs = f.vecs[:last*f.dim]
 	delete(f.pos, id)
+	if cap(f.ids) > 64 && len(f.ids) < cap(f.ids)/4 {
+		// The memory bound counts live entries: a scope that shrank must
+		// not keep the arrays of its largest size.
+		f.ids = append(make([]uint64, 0, 2*len(f.ids)), f.ids...)
+		f.vecs = append(make([]float32, 0, 2*len(f.vecs)), f.vecs...)
+	}
 }
 
 func (f *flatIndex) search(q []float32, k int) []neighbor {
@@ -83,6 +94,8 @@ func (f *flatIndex) search(q []float32, k int) []neighbor {
 }
 
 func (f *flatIndex) len() int { return len(f.ids) }
+
+func (f *flatIndex) live() []uint64 { return slices.Clone(f.ids) }
 
 // linkBytes counts the index's own copy of the vector: a contiguous
 // array keeps the scan sequential in memory.

@@ -51,8 +51,9 @@ func TestHNSWRecallAgainstExact(t *testing.T) {
 	if rec := recallAt10(t, exact, g, queries); rec < 0.95 {
 		t.Fatalf("recall@10 = %.3f, want >= 0.95", rec)
 	}
-	// remove two thirds (this crosses the rebuild point) and check that
-	// removed entries are never returned and recall holds
+	// remove two thirds (the graph is then stale, and the cache would
+	// build it again) and check that removed entries are never returned
+	// and recall holds meanwhile
 	for i := range n {
 		if i%3 != 0 {
 			exact.remove(uint64(i))
@@ -86,6 +87,28 @@ func TestFlatIndexOrdersBySimilarity(t *testing.T) {
 	}
 }
 
+// A scope that shrinks gives its memory back: the cache's bound counts
+// live entries only.
+func TestFlatIndexShrinks(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	vecs := randomUnitVectors(r, 1000, 16)
+	f := newFlatIndex(16)
+	for i, v := range vecs {
+		f.add(uint64(i), v)
+	}
+	for i := range 990 {
+		f.remove(uint64(i))
+	}
+	if c := cap(f.vecs); c > 100*16 {
+		t.Errorf("10 entries keep room for %d vectors", c/16)
+	}
+	for i := 990; i < 1000; i++ {
+		if got := f.search(vecs[i], 1); len(got) != 1 || got[0].id != uint64(i) {
+			t.Errorf("entry %d not found after the shrink: %+v", i, got)
+		}
+	}
+}
+
 func TestDotMatchesNaive(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	for _, n := range []int{0, 1, 7, 8, 9, 512, 515} {
@@ -108,13 +131,37 @@ func TestScopePromotesToHNSW(t *testing.T) {
 	for i, v := range vecs {
 		c.insert(&entry{key: string(rune('a' + i)), scope: "s", question: "q", vec: v, expires: c.now().Add(1e12)})
 	}
-	if !c.scopes["s"].hnsw {
-		t.Fatal("scope past the threshold still searched exactly")
+	// The graph is built in the background from the entries at the
+	// threshold; those inserted meanwhile are replayed on it.
+	c.Wait()
+	if !c.scopes["s"].hnsw || c.scopes["s"].idx.len() != len(vecs) {
+		t.Fatalf("scope past the threshold: graph %t with %d entries, want a graph of %d", c.scopes["s"].hnsw, c.scopes["s"].idx.len(), len(vecs))
 	}
-	for i, v := range vecs {
-		cands := c.candidates("s", v)
-		if len(cands) == 0 || c.entries[cands[0].id].key != string(rune('a'+i)) {
-			t.Fatalf("vector %d does not find itself first", i)
+	findsItself := func(what string, alive func(i int) bool) {
+		t.Helper()
+		for i, v := range vecs {
+			cands := c.candidates("s", v)
+			if alive(i) && (len(cands) == 0 || c.entries[cands[0].id].key != string(rune('a'+i))) {
+				t.Fatalf("%s: vector %d does not find itself first", what, i)
+			}
+			if !alive(i) && len(cands) > 0 && c.entries[cands[0].id].key == string(rune('a'+i)) {
+				t.Fatalf("%s: removed vector %d still found", what, i)
+			}
 		}
 	}
+	findsItself("promoted", func(int) bool { return true })
+
+	// Removing two thirds makes the graph stale; it is built again, in the
+	// background too, from the live entries.
+	for i := range 80 {
+		c.mu.Lock()
+		c.removeLocked(c.byKey[string(rune('a'+i))])
+		c.mu.Unlock()
+	}
+	c.Wait()
+	g := c.scopes["s"].idx.(*hnswIndex)
+	if g.len() != 40 || g.stale() || g.deleted >= 80 {
+		t.Errorf("after removing 80 of 120: %d deleted nodes, %d live; want a graph built again, with 40 live", g.deleted, g.len())
+	}
+	findsItself("rebuilt", func(i int) bool { return i >= 80 })
 }
