@@ -27,14 +27,17 @@ import (
 // A replica loads every live entry at start, then tails the stream from
 // the ID it saw before loading, so nothing stored meanwhile is missed
 // (applying an entry twice is harmless: it replaces itself). After a Redis
-// error it waits a second and starts over, which also recovers entries a
-// trimmed stream no longer holds.
+// error, or when it finds it fell behind a trimmed stream, it waits a
+// second and starts over, which recovers the entries the stream no longer
+// holds.
 const (
 	entryKeyPart = "sem:e:"
 	logKeyPart   = "sem:log"
 	// logMaxLen bounds the stream; replicas read it within seconds, and a
 	// replica that falls further behind reloads everything.
 	logMaxLen = 100000
+	// logBatch is how many announcements one read takes.
+	logBatch = 256
 )
 
 type sharer struct {
@@ -118,13 +121,31 @@ func (s *sharer) syncOnce(ctx context.Context) error {
 	if err := s.loadAll(ctx); err != nil {
 		return err
 	}
+	return s.tail(ctx, last)
+}
+
+// tail applies the entries announced after last until an error.
+func (s *sharer) tail(ctx context.Context, last string) error {
 	for {
-		streams, err := s.client.XRead(ctx, &redis.XReadArgs{Streams: []string{s.logKey(), last}, Count: 256, Block: 2 * time.Second}).Result()
+		streams, err := s.client.XRead(ctx, &redis.XReadArgs{Streams: []string{s.logKey(), last}, Count: logBatch, Block: 2 * time.Second}).Result()
 		if errors.Is(err, redis.Nil) {
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("reading the stream: %w", err)
+		}
+		if msgs := streams[0].Messages; len(msgs) == logBatch && last != "0-0" {
+			// Behind. If the stream was trimmed past what this replica
+			// read, what it reads now starts at the stream's first entry,
+			// and the entries in between are gone: start over, which
+			// loads every entry.
+			info, err := s.client.XInfoStream(ctx, s.logKey()).Result()
+			if err != nil {
+				return fmt.Errorf("reading the stream's head: %w", err)
+			}
+			if msgs[0].ID == info.FirstEntry.ID {
+				return errors.New("fell behind the trimmed stream: loading every entry again")
+			}
 		}
 		var keys []string
 		for _, st := range streams {

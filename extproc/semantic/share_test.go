@@ -6,6 +6,7 @@ import (
 	"net"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -172,5 +173,29 @@ func TestPurgeRemovesEntriesHereAndInRedis(t *testing.T) {
 	}
 	if later.PurgeLocal(Selector{}) != 0 {
 		t.Fatal("an empty selector purged entries")
+	}
+}
+
+// A replica that fell behind a trimmed stream would skip the entries
+// trimmed away; it notices, and starts over (loading every entry).
+func TestFallingBehindTheTrimmedStreamIsNoticed(t *testing.T) {
+	client := startRedis(t)
+	c := newTestCache(t, Config{}, useLite(t))
+	c.ShareVia(client, "infergate:", time.Second)
+	ctx := context.Background()
+	var ids []string
+	for i := range 2 * logBatch {
+		id, err := client.XAdd(ctx, &redis.XAddArgs{Stream: c.share.logKey(), Values: []any{"key", fmt.Sprint(i), "origin", "other"}}).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	// The replica had read the first ten when the stream was trimmed.
+	if err := client.XTrimMaxLen(ctx, c.share.logKey(), int64(logBatch+10)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.share.tail(ctx, ids[9]); err == nil || !strings.Contains(err.Error(), "fell behind") {
+		t.Errorf("tail after the trim = %v, want it to notice the gap", err)
 	}
 }
