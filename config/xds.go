@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -243,6 +244,12 @@ type XDSCircuitBreakers struct {
 // quickstart routes to the co-located engine.
 const DefaultPoolName = "default"
 
+// nodesOverlap reports whether some Envoy gets both listeners: an empty
+// list means every node.
+func nodesOverlap(a, b []string) bool {
+	return len(a) == 0 || len(b) == 0 || slices.ContainsFunc(a, func(n string) bool { return slices.Contains(b, n) })
+}
+
 // DefaultListenerBufferLimitBytes holds the engine's largest answer (2 048
 // embeddings of 512 floats as JSON are about 14 MB) and equals the
 // ext_proc server's default max_body_bytes, so that what Envoy buffers the
@@ -296,8 +303,10 @@ func (x *XDS) SetRoutingDefaults() {
 			l.BufferLimitBytes = DefaultListenerBufferLimitBytes
 		}
 		if len(l.VirtualHosts) == 0 {
-			// Everything to the default pool, like the built-in listener.
-			l.VirtualHosts = []XDSVirtualHost{{Name: "default", Routes: []XDSRoute{{Name: "default", Pool: DefaultPoolName}}}}
+			// Everything to the default pool, like the built-in listener;
+			// route names are unique across listeners, so it takes the
+			// listener's.
+			l.VirtualHosts = []XDSVirtualHost{{Name: "default", Routes: []XDSRoute{{Name: l.Name, Pool: DefaultPoolName}}}}
 		}
 		for j := range l.VirtualHosts {
 			vh := &l.VirtualHosts[j]
@@ -448,7 +457,7 @@ func (x *XDS) ValidateRouting() error {
 		}
 	}
 	listeners := map[string]bool{}
-	addresses := map[string]string{}
+	addresses := map[string][]XDSListener{}
 	// Route names scope cache entries, rate limits and purges, so they are
 	// unique across listeners, not only within one.
 	routes := map[string]string{} // route name → listener
@@ -465,10 +474,15 @@ func (x *XDS) ValidateRouting() error {
 			errs = append(errs, err)
 		} else if host, _ := HostPort(l.Address); net.ParseIP(host) == nil {
 			add(path+".address", "Envoy listens on an IP address, not the host name %q", host)
-		} else if other, ok := addresses[l.Address]; ok {
-			add(path+".address", "%s is already used by listener %q", l.Address, other)
+		} else {
+			for _, other := range addresses[l.Address] {
+				if nodesOverlap(l.Nodes, other.Nodes) {
+					add(path+".address", "%s is already used by listener %q on the same nodes", l.Address, other.Name)
+					break
+				}
+			}
 		}
-		addresses[l.Address] = l.Name
+		addresses[l.Address] = append(addresses[l.Address], l)
 		if l.BufferLimitBytes < minListenerBufferLimitBytes {
 			add(path+".buffer_limit_bytes", "%d is below the minimum of %d", l.BufferLimitBytes, minListenerBufferLimitBytes)
 		} else if l.BufferLimitBytes > math.MaxUint32 {

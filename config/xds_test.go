@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -163,5 +164,21 @@ func TestCollapseWaitMustFitTheMessageTimeout(t *testing.T) {
 	}
 	if err := Default().CheckCollapseWait(); err != nil {
 		t.Errorf("defaults: %v", err)
+	}
+}
+
+// Each Envoy gets only the listeners of its nodes, so two listeners may
+// share an address when no node gets both.
+func TestListenersShareAnAddressOnlyOnDisjointNodes(t *testing.T) {
+	listeners := func(a, b string) []byte {
+		return fmt.Appendf(nil, "xds:\n  listeners:\n    - {name: edge, address: 0.0.0.0:10000, nodes: %s}\n    - {name: internal, address: 0.0.0.0:10000, nodes: %s}\n", a, b)
+	}
+	if _, err := Parse("infergate.yaml", listeners("[edge-1]", "[mesh-1, mesh-2]")); err != nil {
+		t.Errorf("disjoint nodes: %v", err)
+	}
+	for _, b := range []string{"[mesh-1, edge-1]", "[]"} {
+		if _, err := Parse("infergate.yaml", listeners("[edge-1]", b)); err == nil || !strings.Contains(err.Error(), `0.0.0.0:10000 is already used by listener "edge" on the same nodes`) {
+			t.Errorf("nodes [edge-1] and %s: %v, want the address refused", b, err)
+		}
 	}
 }
