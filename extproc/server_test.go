@@ -272,6 +272,20 @@ func TestAmbiguousBodiesAreRefused(t *testing.T) {
 	}
 }
 
+// The body's model travels on as a header, which cannot carry control
+// characters; the client is told, instead of Envoy answering 500.
+func TestModelNameAHeaderCannotCarryIsRefused(t *testing.T) {
+	up := newUpstream(t)
+	h := newHarness(t, startExtProc(t, nil), up.URL, policy.Policy{Route: "embed"}, nil)
+	res := call(t, h, "POST", "/v1/embeddings", []byte(`{"model":"a\u0001b","input":"x"}`))
+	if msg, _ := apierror.Message(res.Body); res.Status != http.StatusBadRequest || !strings.Contains(msg, "control characters") {
+		t.Errorf("%d %s, want 400 naming the control characters", res.Status, res.Body)
+	}
+	if up.requests.Load() != 0 {
+		t.Error("the request reached the upstream")
+	}
+}
+
 func TestNonDeterministicRequestsAreNotCached(t *testing.T) {
 	up := newUpstream(t)
 	srv := startExtProc(t, nil)

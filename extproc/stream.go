@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -313,6 +314,15 @@ func (st *stream) requestBody(b *extprocv3.HttpBody) error {
 	return st.requestComplete(endedOnBody)
 }
 
+// refuse answers the request 400 with msg, in the error shape of its
+// API; details goes to Envoy's access log.
+func (st *stream) refuse(msg, details string) error {
+	st.phase = finished
+	m := &mutation{}
+	m.add(headerContentType, "application/json")
+	return st.send(immediate(http.StatusBadRequest, m, apierror.Body(st.path, http.StatusBadRequest, msg, ""), details))
+}
+
 // requestEnd says which message completed the request.
 type requestEnd int
 
@@ -335,20 +345,18 @@ func (st *stream) requestComplete(end requestEnd) error {
 	if req.Ambiguous != "" {
 		// Routing, limits and the cache key would follow one reading of
 		// the body and the upstream may serve another.
-		st.phase = finished
-		m := &mutation{}
-		m.add(headerContentType, "application/json")
-		return st.send(immediate(http.StatusBadRequest, m, apierror.Body(st.path, http.StatusBadRequest, "ambiguous JSON body: "+req.Ambiguous, ""), "infergate_ambiguous_body"))
+		return st.refuse("ambiguous JSON body: "+req.Ambiguous, "infergate_ambiguous_body")
+	}
+	if strings.ContainsFunc(req.Model, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }) {
+		// The model travels on as a header, which cannot carry control
+		// characters: Envoy would answer 500 for the mutation.
+		return st.refuse(fmt.Sprintf("model %q holds control characters", req.Model), "infergate_bad_model_name")
 	}
 	if st.clientModel != "" && req.Model != "" && st.clientModel != req.Model {
 		// Envoy chose the route, and this stream's policy, by the client's
 		// header; rewriting the header would send the request to another
 		// route under this one's limits.
-		st.phase = finished
-		m := &mutation{}
-		m.add(headerContentType, "application/json")
-		msg := fmt.Sprintf("header %s %q contradicts the body's model %q", policy.ModelHeader, st.clientModel, req.Model)
-		return st.send(immediate(http.StatusBadRequest, m, apierror.Body(st.path, http.StatusBadRequest, msg, ""), "infergate_model_header_mismatch"))
+		return st.refuse(fmt.Sprintf("header %s %q contradicts the body's model %q", policy.ModelHeader, st.clientModel, req.Model), "infergate_model_header_mismatch")
 	}
 	m := &mutation{}
 	if req.Model != "" {

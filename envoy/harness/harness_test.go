@@ -572,6 +572,8 @@ func TestRefusedHeaderMutations(t *testing.T) {
 		{"value and raw_value together is 500", &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
 			{Header: &corev3.HeaderValue{Key: "x-a", Value: "1", RawValue: []byte("1")}}}}, nil, 500, 1},
 		{"invalid value is 500", setHeader("x-a", "bad\r\nvalue"), nil, 500, 1},
+		{"a control character is 500", setHeader("x-a", "a\x01b"), nil, 500, 1},
+		{"a tab is a valid value", setHeader("x-a", "a\tb"), nil, 200, 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

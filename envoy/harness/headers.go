@@ -371,6 +371,13 @@ func validHeaderName(name string) bool {
 	return true
 }
 
+// validHeaderValue is Envoy's HeaderUtility::headerValueIsValid: no
+// control character but tab, and no DEL.
 func validHeaderValue(v string) bool {
-	return !strings.ContainsAny(v, "\r\n\x00")
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
