@@ -696,13 +696,21 @@ func TestImmediateResponseWhenDisabledIsSpurious(t *testing.T) {
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
 			ImmediateResponse: &extprocv3.ImmediateResponse{Body: []byte("cached")}}}
 	}))
-	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL,
-		Filter: &extprocfilterv3.ExternalProcessor{DisableImmediateResponse: true}})
-	res := do(t, h, "GET", "/", "", nil)
-	// Envoy ignores it as spurious and lets the request pass unprocessed.
-	eq(t, "status", res.Status, 200)
-	eq(t, "went upstream", res.Upstream != nil, true)
-	eq(t, "local reply", res.LocalReply, "")
+	for _, failOpen := range []bool{true, false} {
+		h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL,
+			Filter: &extprocfilterv3.ExternalProcessor{DisableImmediateResponse: true, FailureModeAllow: failOpen}})
+		res := do(t, h, "GET", "/", "", nil)
+		// Envoy treats it as spurious: failing open, the request passes
+		// unprocessed; failing closed, the client gets a 500.
+		if failOpen {
+			eq(t, "status", res.Status, 200)
+			eq(t, "went upstream", res.Upstream != nil, true)
+			eq(t, "local reply", res.LocalReply, "")
+		} else {
+			eq(t, "status", res.Status, 500)
+			eq(t, "went upstream", res.Upstream != nil, false)
+		}
+	}
 }
 
 func TestMessageTimeout(t *testing.T) {
@@ -795,21 +803,25 @@ func TestServerUnreachableOrStreamError(t *testing.T) {
 	}
 }
 
-// Envoy ignores a response it did not ask for, closes the stream and lets
-// the rest of the request pass unprocessed, even without failure_mode_allow
-// (Filter::onReceiveMessage treats it as FailedPrecondition, not an error).
-func TestSpuriousResponseIsIgnored(t *testing.T) {
+// Envoy closes the stream on a response it did not ask for; failing open,
+// the rest of the request passes unprocessed (envoyproxy/envoy#39994 made
+// a failing-closed filter answer 500 instead).
+func TestSpuriousResponseIsIgnoredWhenFailingOpen(t *testing.T) {
 	up, _ := echoUpstream(t)
 	srv := harnesstest.Start(t, harnesstest.Loop(func(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
 		// Answers request headers with a response_headers message.
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
 			ResponseHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: setHeader("x-spurious", "1")}}}}
 	}))
-	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL})
+	h := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL, Filter: &extprocfilterv3.ExternalProcessor{FailureModeAllow: true}})
 	res := do(t, h, "GET", "/", "", nil)
 	eq(t, "status", res.Status, 200)
 	eq(t, "went upstream", res.Upstream != nil, true)
 	eq(t, "spurious mutation applied", res.Header.Get("x-spurious"), "")
+	closed := newHarness(t, srv.Addr, harness.Config{Upstream: up.URL})
+	res = do(t, closed, "GET", "/", "", nil)
+	eq(t, "failing closed: status", res.Status, 500)
+	eq(t, "failing closed: went upstream", res.Upstream != nil, false)
 }
 
 func TestServerClosingStreamWithOKLetsTheRestPass(t *testing.T) {

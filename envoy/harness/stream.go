@@ -262,12 +262,16 @@ func (f *filter) messageTimedOut() error {
 
 // spurious is Envoy's answer to a response it did not ask for (or an
 // ImmediateResponse under disable_immediate_response): Filter::onReceiveMessage
-// ignores it, closes the stream, and lets the rest of the request pass
-// unprocessed, whatever failure_mode_allow says.
+// closes the stream and, since envoyproxy/envoy#39994, follows
+// failure_mode_allow: the rest of the request passes unprocessed, or the
+// client gets a 500.
 func (f *filter) spurious() error {
 	f.complete = true
 	f.closeStream(true)
-	return nil
+	if f.failOpen {
+		return nil
+	}
+	return &localReply{status: http.StatusInternalServerError, details: "ext_proc_error_spurious_message"}
 }
 
 // grpcFailed is Envoy's onGrpcError:
