@@ -23,6 +23,7 @@ import (
 
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -102,7 +103,11 @@ func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prom
 	}
 	m := newMetrics(reg)
 	t := newTracker(m)
-	snapshots := cachev3.NewSnapshotCache(false, nodeKeyHash{}, cacheLogger{log})
+	// ADS mode: the open watches of a node are answered in xDS order
+	// (clusters before endpoints, with WithOrderedADS below), and a request
+	// is answered once it names every resource of its type, as Envoy's
+	// requests for a node's own snapshot do.
+	snapshots := cachev3.NewSnapshotCache(true, nodeKeyHash{}, cacheLogger{log})
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		log: log, cfg: cfg, configPath: configPath, reg: reg, m: m, tracker: t,
@@ -172,7 +177,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}
 	defer s.cancel()
-	xdsServer := serverv3.NewServer(s.ctx, s.cache, s.tracker)
+	// Ordered: a changed cluster must reach Envoy before its endpoints
+	// (xDS's make-before-break order), or Envoy applies the new endpoints
+	// to the old cluster and the updated one waits for EDS.
+	xdsServer := serverv3.NewServer(s.ctx, s.cache, s.tracker, sotwv3.WithOrderedADS())
 	s.grpc = grpc.NewServer()
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.grpc, xdsServer)
 
