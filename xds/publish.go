@@ -63,6 +63,9 @@ type publisher struct {
 type publishedNode struct {
 	node     *corev3.Node
 	versions map[string]typeVersion
+	// last is the snapshot set last, whose endpoints a cluster change
+	// keeps for one step (see setLocked).
+	last *cachev3.Snapshot
 }
 
 func newPublisher(c cachev3.SnapshotCache) *publisher {
@@ -136,7 +139,19 @@ func (p *publisher) setLocked(key string, n *publishedNode) {
 	}
 	// The snapshot is consistent by construction (check passed on the
 	// whole build) and SetSnapshot only fails for an unknown type.
+	if clustersChanged && n.last != nil {
+		// Make before break: Envoy must get the changed clusters before
+		// their endpoints, or it applies the endpoints to the old
+		// clusters and the updated ones wait for EDS. The cache answers
+		// the open watches of one snapshot in no set order, so the
+		// clusters go out first with the endpoints Envoy has, and the
+		// ordered ADS stream sends the new endpoints after them.
+		first := *snap
+		first.Resources[types.Endpoint] = n.last.Resources[types.Endpoint]
+		_ = p.cache.SetSnapshot(context.Background(), key, &first)
+	}
 	_ = p.cache.SetSnapshot(context.Background(), key, snap)
+	n.last = snap
 }
 
 // forNode selects the resources node gets, in a stable order.

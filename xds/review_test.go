@@ -242,3 +242,25 @@ func TestClusterChangeIsFollowedByEndpoints(t *testing.T) {
 		t.Errorf("after the cluster change got %s version %s, want endpoints with a version after %s", got.GetTypeUrl(), got.GetVersionInfo(), eds.GetVersionInfo())
 	}
 }
+
+// A proxyless gRPC client asks for its own listener by name, and for the
+// route and clusters behind it only; it is answered although its node
+// gets other listeners too.
+func TestProxylessClientOfOneOfTwoListeners(t *testing.T) {
+	a, b := backend(t), backend(t)
+	s := startServer(t, fmt.Sprintf(`engine:
+  listen: 127.0.0.1:1
+xds:
+  listeners:
+    - name: ingress
+      address: 127.0.0.1:10000
+      virtual_hosts: [{name: all, routes: [{name: main, pool: a}]}]
+    - name: other
+      address: 127.0.0.1:10001
+      virtual_hosts: [{name: all, routes: [{name: rest, pool: b}]}]
+  pools:
+    - {name: a, endpoints: [%s]}
+    - {name: b, endpoints: [%s]}
+`, a, b))
+	servedBy(t, grpcClient(t, s.ADSAddr(), "two-listener-client", "ingress"), a)
+}

@@ -103,11 +103,11 @@ func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prom
 	}
 	m := newMetrics(reg)
 	t := newTracker(m)
-	// ADS mode: the open watches of a node are answered in xDS order
-	// (clusters before endpoints, with WithOrderedADS below), and a request
-	// is answered once it names every resource of its type, as Envoy's
-	// requests for a node's own snapshot do.
-	snapshots := cachev3.NewSnapshotCache(true, nodeKeyHash{}, cacheLogger{log})
+	// Not the cache's ADS mode: it answers only requests naming every
+	// resource of a type, and a proxyless gRPC client asks for its own
+	// listener alone. Clusters still reach Envoy before their endpoints:
+	// see publisher.setLocked and WithOrderedADS.
+	snapshots := cachev3.NewSnapshotCache(false, nodeKeyHash{}, cacheLogger{log})
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		log: log, cfg: cfg, configPath: configPath, reg: reg, m: m, tracker: t,
@@ -177,9 +177,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}
 	defer s.cancel()
-	// Ordered: a changed cluster must reach Envoy before its endpoints
-	// (xDS's make-before-break order), or Envoy applies the new endpoints
-	// to the old cluster and the updated one waits for EDS.
+	// Ordered: one stream's responses go out in the order the cache gives
+	// them, so the clusters a publish sends first reach Envoy first.
 	xdsServer := serverv3.NewServer(s.ctx, s.cache, s.tracker, sotwv3.WithOrderedADS())
 	s.grpc = grpc.NewServer()
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.grpc, xdsServer)
