@@ -272,6 +272,24 @@ func TestAmbiguousBodiesAreRefused(t *testing.T) {
 	}
 }
 
+// Envoy normalizes a path in one pass, so "/v1/embedding%7%33" reaches
+// routing, and ext_proc, as "/v1/embedding%73": it missed the embeddings
+// route, and the engine would decode it and serve /v1/embeddings.
+func TestPathWithAnEscapeAServerWouldDecodeIsRefused(t *testing.T) {
+	up := newUpstream(t)
+	h := newHarness(t, startExtProc(t, nil), up.URL, policy.Policy{Route: "catch-all"}, nil)
+	res := call(t, h, "POST", "/v1/embedding%73", []byte(embedBody))
+	if msg, _ := apierror.Message(res.Body); res.Status != http.StatusBadRequest || !strings.Contains(msg, "escape") {
+		t.Errorf("%d %s, want 400 naming the escape", res.Status, res.Body)
+	}
+	if res := call(t, h, "POST", "/v2/models/a%20b/infer", []byte(`{"inputs":[]}`)); res.Status != http.StatusOK {
+		t.Errorf("an escaped space: %d, want it served", res.Status)
+	}
+	if up.requests.Load() != 1 {
+		t.Errorf("upstream saw %d requests, want only the second", up.requests.Load())
+	}
+}
+
 // The body's model travels on as a header, which cannot carry control
 // characters; the client is told, instead of Envoy answering 500.
 func TestModelNameAHeaderCannotCarryIsRefused(t *testing.T) {

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/infergate/infergate/config"
+	"github.com/infergate/infergate/envoy/routematch"
 	"github.com/infergate/infergate/extproc/cache"
 	"github.com/infergate/infergate/extproc/canonical"
 	"github.com/infergate/infergate/internal/apierror"
@@ -226,6 +227,11 @@ func (st *stream) requestHeaders(hm *extprocv3.HttpHeaders) error {
 	st.method, st.path = h[":method"], h[":path"]
 	st.clientModel = h[policy.ModelHeader]
 	st.usePolicy(rp.Policy, h)
+	if routematch.OddEscape(st.path) {
+		// Envoy routed the path as written; a server that decodes it
+		// would serve another path, past this route's limits.
+		return st.refuse(fmt.Sprintf("path %q holds an escape a server would decode after routing; send it unescaped", st.path), "infergate_odd_path_escape")
+	}
 	cc := directives(h[headerCacheControl])
 	st.noStore, st.noCache = cc["no-store"], cc["no-cache"]
 
