@@ -110,6 +110,7 @@ func New(cfg config.ExtProc, log *slog.Logger, opts ...Option) (*Server, error) 
 	// the exact cache and any stage given by WithStage.
 	s.stages = append(s.stages, semanticStage{c: s.sem})
 	s.store.OnRelayedPurge(func(sel cache.Selector) { s.sem.PurgeLocal(semanticSelector(sel)) })
+	s.store.OnResubscribe(s.sem.Resync)
 	// Bodies arrive whole in one message (BUFFERED); leave room for the
 	// headers and attributes around the largest accepted body.
 	msgLimit := cfg.MaxBodyBytes + 1<<20

@@ -24,8 +24,15 @@ type Store struct {
 	log    *slog.Logger
 	// relayed runs for each purge another replica relays, so that caches
 	// beside this one (the semantic cache) purge too.
-	relayed func(Selector)
+	relayed      func(Selector)
+	resubscribed func()
 }
+
+// OnResubscribe registers fn to run when the purge subscription comes
+// back after an outage: purges sent meanwhile were missed, so the caches
+// beside this one drop what they hold and load it again from Redis. Call
+// it before FollowPurges.
+func (s *Store) OnResubscribe(fn func()) { s.resubscribed = fn }
 
 // OnRelayedPurge registers fn to run for every purge relayed by another
 // replica, after the in-process entries are purged. Call it before
@@ -165,8 +172,8 @@ func escapeGlob(s string) string {
 // level until ctx ends. Purges published while this replica was not
 // subscribed (at start, while the connection was down, which go-redis
 // repairs silently) never reach it, so at every subscription it empties
-// the local level, and after an outage the caches beside it (see
-// OnRelayedPurge); Redis still holds every entry not purged.
+// the local level, and after an outage has the caches beside it start over
+// (see OnResubscribe); Redis still holds every entry not purged.
 func (s *Store) FollowPurges(ctx context.Context) {
 	if s.redis == nil {
 		return
@@ -193,8 +200,8 @@ func (s *Store) FollowPurges(ctx context.Context) {
 // they just loaded from Redis.
 func (s *Store) subscribed(first bool) {
 	s.local.Purge(Selector{All: true})
-	if !first && s.relayed != nil {
-		s.relayed(Selector{All: true})
+	if !first && s.resubscribed != nil {
+		s.resubscribed()
 	}
 }
 

@@ -49,7 +49,13 @@ type sharer struct {
 
 	logMu   sync.Mutex
 	lastLog time.Time
+
+	// resync asks the follower to start over (see Cache.Resync).
+	resync chan struct{}
 }
+
+// errResync ends a sync that Resync asked to start over.
+var errResync = errors.New("semantic: resync requested")
 
 // ShareVia makes the cache publish its entries to Redis and apply every
 // entry other replicas publish, so that a paraphrase answered by one
@@ -62,7 +68,7 @@ func (c *Cache) ShareVia(client *redis.Client, keyPrefix string, timeout time.Du
 	if timeout <= 0 {
 		timeout = 100 * time.Millisecond
 	}
-	c.share = &sharer{c: c, client: client, prefix: keyPrefix, origin: hex.EncodeToString(id[:]), timeout: timeout}
+	c.share = &sharer{c: c, client: client, prefix: keyPrefix, origin: hex.EncodeToString(id[:]), timeout: timeout, resync: make(chan struct{}, 1)}
 }
 
 func (s *sharer) entryKey(key string) string { return s.prefix + entryKeyPart + key }
@@ -92,12 +98,28 @@ func (s *sharer) publish(ctx context.Context, e *entry) {
 	s.c.met.shared.WithLabelValues("published").Inc()
 }
 
+// Resync drops every entry this replica holds and, when it shares through
+// Redis, loads the shared ones again: after missing purges, what it held
+// may have been purged everywhere else.
+func (c *Cache) Resync() {
+	c.PurgeLocal(Selector{All: true})
+	if c.share != nil {
+		select {
+		case c.share.resync <- struct{}{}:
+		default: // one is pending
+		}
+	}
+}
+
 // follow keeps the local index in step with Redis until ctx is done.
 func (s *sharer) follow(ctx context.Context) {
 	for ctx.Err() == nil {
 		err := s.syncOnce(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, errResync) {
+			continue
 		}
 		s.failed("follow", err)
 		select {
@@ -127,6 +149,11 @@ func (s *sharer) syncOnce(ctx context.Context) error {
 // tail applies the entries announced after last until an error.
 func (s *sharer) tail(ctx context.Context, last string) error {
 	for {
+		select {
+		case <-s.resync:
+			return errResync
+		default:
+		}
 		streams, err := s.client.XRead(ctx, &redis.XReadArgs{Streams: []string{s.logKey(), last}, Count: logBatch, Block: 2 * time.Second}).Result()
 		if errors.Is(err, redis.Nil) {
 			continue

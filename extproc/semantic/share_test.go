@@ -199,3 +199,27 @@ func TestFallingBehindTheTrimmedStreamIsNoticed(t *testing.T) {
 		t.Errorf("tail after the trim = %v, want it to notice the gap", err)
 	}
 }
+
+// After missing purges a replica drops what it holds and loads again what
+// Redis still has: an entry purged elsewhere is gone, the others return.
+func TestResyncDropsWhatRedisNoLongerHolds(t *testing.T) {
+	client := startRedis(t)
+	a, b := replica(t, client), replica(t, client)
+	mustStore(t, a, sharedReq("How do I reset my password?"), answer("kept"))
+	mustStore(t, a, sharedReq("How do I close my account?"), answer("purged"))
+	eventuallyHit(t, b, sharedReq("How can I reset my password?"))
+	closing := eventuallyHit(t, b, sharedReq("How can I close my account?"))
+	// A purge b never heard of: the entry is gone from Redis.
+	key := a.share.entryKey(mustPrepare(t, a, sharedReq("How do I close my account?")).key)
+	if err := client.Del(context.Background(), key).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if string(closing.Response.Body) != "purged" {
+		t.Fatalf("b served %q", closing.Response.Body)
+	}
+	b.Resync()
+	eventuallyHit(t, b, sharedReq("How can I reset my password?"))
+	if hit, ok := b.Lookup(context.Background(), sharedReq("How can I close my account?")); ok {
+		t.Errorf("after the resync b still served %q, which Redis no longer holds", hit.Response.Body)
+	}
+}
