@@ -592,6 +592,30 @@ func TestGracefulShutdownFinishesAcceptedRequests(t *testing.T) {
 	}
 }
 
+// Under overload a request that needs the model is refused before any
+// work; one served wholly from the reuse cache needs no queue and is not.
+func TestFullQueueRefusesOnlyWhatNeedsTheModel(t *testing.T) {
+	enc := &wordEncoder{}
+	te := startReady(t, engineConfig(t, "workers: 1\nmax_batch_size: 1\nqueue_size: 1"), enc)
+	if status, _, body := te.post(t, "/v1/embeddings", `{"input":"seen before"}`); status != http.StatusOK {
+		t.Fatalf("first request: %d %s", status, body)
+	}
+	gate := make(chan struct{})
+	defer close(gate)
+	enc.gate.Store(&gate)
+	calls := enc.calls.Load()
+	for _, text := range []string{"running", "queued"} {
+		go te.post(t, "/v1/embeddings", `{"input":"`+text+`"}`)
+	}
+	waitUntil(t, func() bool { return enc.calls.Load() == calls+1 && te.models["words"].batch.Full() })
+	if status, _, body := te.post(t, "/v1/embeddings", `{"input":"seen before"}`); status != http.StatusOK {
+		t.Errorf("a request the reuse cache answers: %d %s, want 200", status, body)
+	}
+	if status, _, _ := te.post(t, "/v1/embeddings", `{"input":"new text"}`); status != http.StatusTooManyRequests {
+		t.Errorf("a request for the model: %d, want 429", status)
+	}
+}
+
 // Route policies send priorities up to 9 whatever a model's levels; a
 // model with fewer levels serves them at its highest, it does not refuse
 // every request Envoy forwards.
