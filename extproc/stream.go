@@ -202,8 +202,9 @@ func (st *stream) handle(req *extprocv3.ProcessingRequest) (string, error) {
 		if st.phase != wantResponseBody {
 			return "", outOfOrder("response trailers", st.phase)
 		}
-		if st.storeNot == "" {
-			// A cached answer is replayed without trailers.
+		if st.storeNot == "" && len(r.ResponseTrailers.GetTrailers().GetHeaders()) > 0 {
+			// A cached answer is replayed without trailers. (Envoy before
+			// 1.27 sent empty trailers after every body in SEND mode.)
 			st.storeNot = "trailers"
 		}
 		st.responseComplete()
