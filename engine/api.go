@@ -186,14 +186,7 @@ func (s *Server) embedChecked(r *http.Request, sv *served, texts []string, trunc
 		// priority_levels; above its levels is its highest.
 		priority = min(p, m.PriorityLevels-1)
 	}
-	// Inputs embedded before come from the reuse cache; usage still
-	// counts every input's tokens, so a response does not depend on what
-	// others asked earlier.
-	var plan *embedcache.Plan
-	if s.reuse != nil {
-		plan = s.reuse.Split(m.Name, texts)
-	}
-	if (plan == nil || len(plan.Compute) > 0) && sv.batch.Full() {
+	if sv.batch.Full() && (s.reuse == nil || !s.reuse.Covers(m.Name, texts)) {
 		// Refused before tokenizing: under overload, rejected requests
 		// must not take the CPU the queued ones need. A request served
 		// wholly from the reuse cache needs no queue.
@@ -222,8 +215,12 @@ func (s *Server) embedChecked(r *http.Request, sv *served, texts []string, trunc
 		tokens += len(ids[i])
 	}
 
-	items := ids
-	if plan != nil {
+	// Inputs embedded before come from the reuse cache; usage still
+	// counts every input's tokens, so a response does not depend on what
+	// others asked earlier.
+	items, plan := ids, (*embedcache.Plan)(nil)
+	if s.reuse != nil {
+		plan = s.reuse.Split(m.Name, texts)
 		byText := make(map[string][]int32, len(texts))
 		for i, t := range texts {
 			byText[t] = ids[i]

@@ -605,14 +605,25 @@ func TestFullQueueRefusesOnlyWhatNeedsTheModel(t *testing.T) {
 	enc.gate.Store(&gate)
 	calls := enc.calls.Load()
 	for _, text := range []string{"running", "queued"} {
-		go te.post(t, "/v1/embeddings", `{"input":"`+text+`"}`)
+		go func() {
+			if resp, err := http.Post(te.url+"/v1/embeddings", "application/json", strings.NewReader(`{"input":"`+text+`"}`)); err == nil {
+				resp.Body.Close()
+			}
+		}()
 	}
 	waitUntil(t, func() bool { return enc.calls.Load() == calls+1 && te.models["words"].batch.Full() })
 	if status, _, body := te.post(t, "/v1/embeddings", `{"input":"seen before"}`); status != http.StatusOK {
 		t.Errorf("a request the reuse cache answers: %d %s, want 200", status, body)
 	}
+	_, _, before := te.get(t, "/metrics")
 	if status, _, _ := te.post(t, "/v1/embeddings", `{"input":"new text"}`); status != http.StatusTooManyRequests {
 		t.Errorf("a request for the model: %d, want 429", status)
+	}
+	// A refused request is no reuse-cache miss on the dashboards.
+	_, _, after := te.get(t, "/metrics")
+	const misses = "infergate_engine_embedcache_misses_total"
+	if metricValue(string(after), misses) != metricValue(string(before), misses) {
+		t.Errorf("the 429 counted as a reuse-cache miss")
 	}
 }
 

@@ -111,6 +111,20 @@ func (p *Plan) Cached() int {
 // Split looks up every input of a request to model. The returned plan's
 // Compute holds the distinct inputs the model must still run; an input
 // repeated within the request is computed once.
+// Covers reports whether every input is cached, without counting a hit or
+// touching the eviction order: for deciding whether a request needs the
+// model at all before it is accepted.
+func (c *Cache) Covers(model string, inputs []string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, text := range inputs {
+		if c.items[cacheKey(model, text)] == nil {
+			return false
+		}
+	}
+	return true
+}
+
 func (c *Cache) Split(model string, inputs []string) *Plan {
 	p := &Plan{model: model, vectors: make([][]float32, len(inputs))}
 	pending := map[string]int{} // text -> index in Compute
