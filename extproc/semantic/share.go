@@ -100,14 +100,17 @@ func (s *sharer) publish(ctx context.Context, e *entry) {
 
 // Resync drops every entry this replica holds and, when it shares through
 // Redis, loads the shared ones again: after missing purges, what it held
-// may have been purged everywhere else.
+// may have been purged everywhere else. When sharing, the follower drops
+// them itself as it starts over (within its 2 s read), so that no batch it
+// fetched before can land after the drop.
 func (c *Cache) Resync() {
-	c.PurgeLocal(Selector{All: true})
-	if c.share != nil {
-		select {
-		case c.share.resync <- struct{}{}:
-		default: // one is pending
-		}
+	if c.share == nil {
+		c.PurgeLocal(Selector{All: true})
+		return
+	}
+	select {
+	case c.share.resync <- struct{}{}:
+	default: // one is pending
 	}
 }
 
@@ -119,6 +122,7 @@ func (s *sharer) follow(ctx context.Context) {
 			return
 		}
 		if errors.Is(err, errResync) {
+			s.c.PurgeLocal(Selector{All: true})
 			continue
 		}
 		s.failed("follow", err)
