@@ -30,6 +30,12 @@ import (
 )
 
 // Config is what Envoy would know about the request path through ext_proc.
+// NoHealthyUpstream is what Config.Route returns for a route none of whose
+// clusters has an endpoint: Envoy's router answers 503 "no healthy
+// upstream" itself, after the request phase, and the reply goes through
+// ext_proc's response phase.
+const NoHealthyUpstream = "envoy:no-healthy-upstream"
+
 type Config struct {
 	// Filter is the ext_proc filter config as the control plane would send
 	// it (its grpc_service target is ignored: the harness dials the address
@@ -46,7 +52,8 @@ type Config struct {
 	// Route picks the upstream base URL from the request headers and path,
 	// like Envoy's route table. It is evaluated once on the original request
 	// (Envoy caches the route before ext_proc runs) and again only if the
-	// processor clears the route cache. An empty result is a 404 (no route).
+	// processor clears the route cache. An empty result is a 404 (no route);
+	// NoHealthyUpstream is a route whose clusters have no endpoint.
 	Route func(header http.Header, path string) string
 	// Attributes supplies attribute values that Envoy would compute with
 	// CEL and the harness cannot (for example "xds.route_name"). Requested

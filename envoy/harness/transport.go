@@ -110,6 +110,11 @@ func (f *filter) forward(up *upstreamCollector) (*message, func(), error) {
 		f.res.LocalReply = lr.details
 		return lr.asMessage(), noop, nil
 	}
+	if route == NoHealthyUpstream {
+		lr := &localReply{status: http.StatusServiceUnavailable, body: []byte("no healthy upstream"), details: "no_healthy_upstream"}
+		f.res.LocalReply = lr.details
+		return lr.asMessage(), noop, nil
+	}
 	method, _ := up.hdrs.get(":method")
 	path, _ := up.hdrs.get(":path")
 	authority, _ := up.hdrs.get(":authority")

@@ -12,8 +12,7 @@
 // recomputed after clear_route_cache) is the harness's.
 //
 // What Envoy does that the proxy does not: TLS, HTTP/2 to clients, retries,
-// active health checks, outlier detection and circuit breakers. Router
-// local replies (no healthy upstream) do not go through ext_proc.
+// active health checks, outlier detection and circuit breakers.
 package xdsproxy
 
 import (
@@ -260,13 +259,6 @@ func (fe *frontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt := t.match(header, path)
 		proc := t.noRoute
 		if rt != nil {
-			if !t.reachable(rt) {
-				// Envoy's router answers this itself.
-				w.Header().Set("Content-Type", "text/plain")
-				w.WriteHeader(http.StatusServiceUnavailable)
-				_, _ = w.Write([]byte("no healthy upstream"))
-				return
-			}
 			proc = t.procs[rt]
 		}
 		if served := serveWith(proc, w, r); served {
@@ -302,7 +294,10 @@ func (fe *frontend) route(h http.Header, path string) string {
 	if rt == nil {
 		return ""
 	}
-	return t.pick(rt)
+	if u := t.pick(rt); u != "" {
+		return u
+	}
+	return harness.NoHealthyUpstream
 }
 
 // refreshLocked rebuilds every listener's table from the applied

@@ -315,8 +315,10 @@ func TestEndpointsFollowEDS(t *testing.T) {
   pools:
     - name: late
 `)
-	if r := s.send(t, "GET", "/v2/health/ready", ""); r.status != 503 || r.body != "no healthy upstream" {
-		t.Fatalf("empty pool: %d %q", r.status, r.body)
+	// Envoy's router answers after the request phase, and the reply goes
+	// through ext_proc's response phase, as its Cache-Status shows.
+	if r := s.send(t, "GET", "/v2/health/ready", ""); r.status != 503 || r.body != "no healthy upstream" || r.header.Get("Cache-Status") == "" {
+		t.Fatalf("empty pool: %d %q, Cache-Status %q", r.status, r.body, r.header.Get("Cache-Status"))
 	}
 	s.admin(t, "POST", "/v1/pools/late/endpoints", fmt.Sprintf(`{"address": %q}`, a))
 	eventually(t, "the registered engine serves", func() bool { return s.send(t, "GET", "/v2/health/ready", "").servedBy == "a" })

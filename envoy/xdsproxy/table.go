@@ -46,16 +46,6 @@ func (t *table) match(h http.Header, path string) *route {
 	return nil
 }
 
-// reachable reports whether any of the route's clusters has an endpoint.
-func (t *table) reachable(r *route) bool {
-	for _, c := range r.clusters {
-		if u := t.upstreams[c.name]; u != nil && len(u.addrs) > 0 {
-			return true
-		}
-	}
-	return false
-}
-
 // pick chooses a cluster by weight among those with endpoints, then an
 // endpoint of it, and returns its base URL; "" when none can be reached.
 func (t *table) pick(r *route) string {
