@@ -432,7 +432,8 @@ else log "skip ONNX steps: no ONNX export from PyTorch"; fi
 # then served over HTTP.
 if [[ -n $ONNX_DIR ]] && [[ -x $BIN || $DRY_RUN == 1 ]]; then
   write_config "$OUT/engine-onnx.yaml" "$MAX_BATCH" bert-onnx
-  step ceiling-onnx 150 "$BIN" bench --in-process -c "$OUT/engine-onnx.yaml" --model bert-onnx \
+  # One worker: PyTorch runs one synchronised batch at a time.
+  step ceiling-onnx 150 "$BIN" bench --in-process -c "$OUT/engine-onnx.yaml" --model bert-onnx --workers 1 \
     --batch-sizes "$BATCH_SIZES" --tokens "$SEQ_LEN" --duration "$CEIL_WINDOW" --max-windows "$MAX_WINDOWS" \
     --json "$OUT/ceiling-onnx.json" --csv "$OUT/ceiling-onnx.csv"
   if start_engine onnx "$OUT/engine-onnx.yaml"; then
