@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -24,7 +25,7 @@ func (st *stream) enforceLimits() *extprocv3.ProcessingResponse {
 		limits = append(limits, tokenLimit(p))
 	}
 	if p.RequestsPerSecond > 0 {
-		limits = append(limits, ratelimit.Limit{Name: "requests", Quota: p.RequestsPerSecond, Window: time.Second, Burst: float64(p.Burst)})
+		limits = append(limits, requestLimit(p))
 	}
 	for _, l := range limits {
 		n := 1.0
@@ -57,6 +58,10 @@ func (st *stream) enforceLimits() *extprocv3.ProcessingResponse {
 	return nil
 }
 
+func requestLimit(p policy.Policy) ratelimit.Limit {
+	return ratelimit.Limit{Name: "requests", Quota: p.RequestsPerSecond, Window: time.Second, Burst: float64(p.Burst)}
+}
+
 func tokenLimit(p policy.Policy) ratelimit.Limit {
 	return ratelimit.Limit{Name: "tokens", Quota: float64(p.TokenBudget), Window: p.TokenWindow, Burst: float64(p.TokenBudget)}
 }
@@ -82,7 +87,12 @@ func limitHeaders(m *mutation, checks []limitCheck) {
 	policies := make([]string, 0, len(checks))
 	states := make([]string, 0, len(checks))
 	for _, c := range checks {
-		policies = append(policies, fmt.Sprintf(`"%s";q=%d;w=%d`, c.limit.Name, int64(c.limit.Burst), seconds(c.window)))
+		// The window is whole seconds, so the quota is what the sustained
+		// rate allows in it (at least the burst): rounding the burst's
+		// refill time up alone would advertise a slower rate.
+		w := seconds(c.window)
+		q := max(int64(c.limit.Burst), int64(math.Round(c.limit.Quota*float64(w)*float64(time.Second)/float64(c.limit.Window))))
+		policies = append(policies, fmt.Sprintf(`"%s";q=%d;w=%d`, c.limit.Name, q, w))
 		reset := c.decision.Reset
 		if !c.decision.Allowed {
 			reset = c.decision.RetryAfter

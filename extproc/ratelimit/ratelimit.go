@@ -99,6 +99,10 @@ type Local struct {
 type localShard struct {
 	mu  sync.Mutex
 	tat map[string]time.Time
+	// sweepAt is the size at which drained entries are next swept out:
+	// twice what the last sweep left, so that a shard of live keys is
+	// not scanned on every call.
+	sweepAt int
 }
 
 // pruneAt is the shard size at which drained entries are swept out, so
@@ -141,12 +145,13 @@ func (l *Local) apply(key string, lim Limit, n float64, take bool) (time.Duratio
 	defer s.mu.Unlock()
 	backlog, allowed := gcra(s.tat[key].Sub(now), lim, n, take)
 	if allowed {
-		if len(s.tat) >= pruneAt {
+		if len(s.tat) >= max(pruneAt, s.sweepAt) {
 			for k, t := range s.tat {
 				if !t.After(now) {
 					delete(s.tat, k)
 				}
 			}
+			s.sweepAt = 2 * len(s.tat)
 		}
 		s.tat[key] = now.Add(backlog)
 	}
