@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -113,6 +114,10 @@ func (st *stream) wantBody() bool {
 func (st *stream) responseBody(b *extprocv3.HttpBody) error {
 	chunk := b.GetBody()
 	st.respChunks++
+	st.respBytes += int64(len(chunk))
+	if st.sse {
+		st.respEvents += int64(bytes.Count(chunk, []byte("data:")))
+	}
 	if st.wantBody() && !st.respOver {
 		limit := st.s.cfg.MaxBodyBytes
 		if st.sse {
@@ -154,11 +159,7 @@ func (st *stream) responseComplete() string {
 		if st.sse {
 			src = st.respTail
 		}
-		if tokens := usageTokens(src, st.sse); tokens > 0 {
-			// A failure here was counted by the Redis connection; the budget
-			// is best effort on the way back.
-			_ = st.s.limiter.Charge(st.ctx, st.limitKey("tokens"), tokenLimit(p), float64(tokens))
-		}
+		st.chargeTokens(usageTokens(src, st.sse))
 	}
 	if !st.cacheable {
 		return st.cacheStatus(false)
@@ -260,6 +261,32 @@ type usageBody struct {
 
 // usageTokens reads the tokens a response used: from its JSON body, or from
 // the last event of an event stream that carries usage.
+// chargeTokens charges a successful answer to the route's token budget,
+// once: tokens as its usage reports them, or, when it reports none (an
+// event stream without stream_options.include_usage, an answer too large
+// to read, a client gone mid-stream), an estimate: a token per 4 bytes
+// of the request, plus one per streamed event or per 4 bytes of the
+// answer. A failure was counted by the Redis connection; the budget is
+// best effort on the way back.
+func (st *stream) chargeTokens(tokens int64) {
+	p := st.policy
+	if p.TokenBudget <= 0 || st.charged || st.status < 200 || st.status > 299 {
+		return
+	}
+	if tokens <= 0 {
+		answer := (st.respBytes + 3) / 4
+		if st.sse {
+			answer = st.respEvents
+		}
+		tokens = (int64(len(st.body))+3)/4 + answer
+	}
+	if tokens <= 0 {
+		return
+	}
+	st.charged = true
+	_ = st.s.limiter.Charge(context.WithoutCancel(st.ctx), st.limitKey("tokens"), tokenLimit(p), float64(tokens))
+}
+
 func usageTokens(body []byte, sse bool) int64 {
 	if !sse {
 		var u usageBody

@@ -529,6 +529,30 @@ func TestTokenBudgetOverdrawBlocksNextRequests(t *testing.T) {
 	}
 }
 
+// An answer that reports no usage still costs tokens: an event stream
+// without stream_options.include_usage (OpenAI's default) is charged a
+// token per event, plus the prompt's estimate.
+func TestTokenBudgetChargesStreamsWithoutUsage(t *testing.T) {
+	up := newUpstream(t)
+	up.set(func(w http.ResponseWriter, r *http.Request, body []byte) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for range 20 {
+			io.WriteString(w, "data: {\"choices\":[{\"delta\":{\"content\":\"word\"}}]}\n\n")
+			w.(http.Flusher).Flush()
+		}
+		io.WriteString(w, "data: [DONE]\n\n")
+	})
+	srv := startExtProc(t, nil)
+	h := newHarness(t, srv, up.URL, policy.Policy{Route: "chat", Cache: policy.CacheOff, TokenBudget: 10, TokenWindow: time.Hour}, nil)
+	req := []byte(`{"model":"m","stream":true,"messages":[{"role":"user","content":"tell me a story"}]}`)
+	if first := call(t, h, "POST", "/v1/chat/completions", req, "X-Tenant-Id", "acme"); first.Status != http.StatusOK {
+		t.Fatalf("first stream: %d", first.Status)
+	}
+	if second := call(t, h, "POST", "/v1/chat/completions", req, "X-Tenant-Id", "acme"); second.Status != http.StatusTooManyRequests {
+		t.Errorf("after a 21-event stream on a 10-token budget: %d, want 429", second.Status)
+	}
+}
+
 func TestEventStreamIsStoredOnlyWhenComplete(t *testing.T) {
 	up := newUpstream(t)
 	complete := "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":5}}\n\ndata: [DONE]\n\n"

@@ -88,6 +88,11 @@ type stream struct {
 	respTail   []byte
 	respOver   bool
 	respChunks int
+	// respBytes and respEvents (data: lines of an event stream) measure an
+	// answer that reports no usage, to charge the token budget anyway.
+	respBytes  int64
+	respEvents int64
+	charged    bool // the token budget was charged for this answer
 }
 
 // Process implements the ext_proc gRPC service: one stream per request.
@@ -96,6 +101,8 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) (err err
 	defer s.metrics.streams.Dec()
 	st := &stream{s: s, ctx: srv.Context(), send: srv.Send}
 	defer st.finishFlight(nil)
+	// A client gone mid-answer still used the tokens streamed so far.
+	defer st.chargeTokens(0)
 	defer func() {
 		// A bug must cost one request, not the process and every stream
 		// on it: Envoy applies its failure mode to this one.
