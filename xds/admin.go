@@ -373,10 +373,12 @@ func (s *Server) registerEndpoint(w http.ResponseWriter, r *http.Request) {
 		ops.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if !checkEndpoint(req.Address) {
+	addr, ok := canonicalEndpoint(req.Address)
+	if !ok {
 		ops.WriteError(w, http.StatusBadRequest, fmt.Sprintf("address %q is not ip:port (EDS carries IP addresses)", req.Address))
 		return
 	}
+	req.Address = addr
 	if req.TTL < 0 {
 		ops.WriteError(w, http.StatusBadRequest, "ttl is negative")
 		return
@@ -398,8 +400,17 @@ func (s *Server) registerEndpoint(w http.ResponseWriter, r *http.Request) {
 	ops.WriteJSON(w, status, registration{Pool: pool, Address: req.Address, ExpiresAt: expires})
 }
 
+// pathEndpoint is the address in a request's path, spelt as registered.
+func pathEndpoint(r *http.Request) string {
+	addr := r.PathValue("address")
+	if c, ok := canonicalEndpoint(addr); ok {
+		return c
+	}
+	return addr
+}
+
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
-	pool, addr := r.PathValue("pool"), r.PathValue("address")
+	pool, addr := r.PathValue("pool"), pathEndpoint(r)
 	expires, ok := s.endpoints.refresh(pool, addr, time.Now())
 	if !ok {
 		ops.WriteError(w, http.StatusNotFound, fmt.Sprintf("%s is not registered in pool %q; register it again", addr, pool))
@@ -409,7 +420,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deregisterEndpoint(w http.ResponseWriter, r *http.Request) {
-	pool, addr := r.PathValue("pool"), r.PathValue("address")
+	pool, addr := r.PathValue("pool"), pathEndpoint(r)
 	if !s.endpoints.remove(pool, addr) {
 		ops.WriteError(w, http.StatusNotFound, fmt.Sprintf("%s is not registered in pool %q", addr, pool))
 		return

@@ -1,10 +1,9 @@
 package xds
 
 import (
-	"net"
+	"net/netip"
 	"slices"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -147,12 +146,14 @@ func (r *registry) list() []registration {
 	return out
 }
 
-// checkEndpoint accepts what EDS can carry: an IP address and a port.
-func checkEndpoint(addr string) bool {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil || net.ParseIP(host) == nil {
-		return false
+// canonicalEndpoint accepts what EDS can carry, an IP address and a port,
+// and spells it one way ("127.0.0.1:08080" is "127.0.0.1:8080"), so that
+// one engine is one endpoint however it was written: grpc-go refuses a
+// load assignment that names an address twice.
+func canonicalEndpoint(addr string) (string, bool) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || ap.Port() == 0 || ap.Addr().Zone() != "" {
+		return "", false
 	}
-	p, err := strconv.ParseUint(port, 10, 16)
-	return err == nil && p > 0
+	return ap.String(), true
 }

@@ -175,6 +175,9 @@ func buildEndpoints(m model, registered map[string][]string) (map[string]*endpoi
 		var unique []string
 		seen := map[string]bool{}
 		for _, a := range append(addrs, registered[p.Name]...) {
+			if c, ok := canonicalEndpoint(a); ok {
+				a = c
+			}
 			if !seen[a] {
 				seen[a] = true
 				unique = append(unique, a)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -70,8 +71,10 @@ func TestEngineRegisteredAtAStaticAddressIsListedOnce(t *testing.T) {
 	cc := grpcClient(t, s.ADSAddr(), "dup-client", "ingress")
 	servedBy(t, cc, a)
 	before := s.Nodes()["grpc/dup-client"].Types["endpoint"].SentVersion
-	for _, addr := range []string{a, b} {
-		if code := adminDo(t, s, "POST", "/v1/pools/a/endpoints", fmt.Sprintf(`{"address": %q, "ttl": "1h"}`, addr), nil); code != 201 {
+	host, port, _ := net.SplitHostPort(a)
+	padded := net.JoinHostPort(host, "0"+port) // a, spelt another way
+	for _, addr := range []string{a, padded, b} {
+		if code := adminDo(t, s, "POST", "/v1/pools/a/endpoints", fmt.Sprintf(`{"address": %q, "ttl": "1h"}`, addr), nil); code != 201 && !(addr == padded && code == 200) {
 			t.Fatalf("register %s: %d", addr, code)
 		}
 	}
