@@ -164,7 +164,9 @@ func buildEndpoints(m model, registered map[string][]string) (map[string]*endpoi
 	var errs []string
 	for _, p := range m.routing.Pools {
 		addrs := append([]string(nil), p.Endpoints...)
-		if len(addrs) == 0 && p.Name == config.DefaultPoolName {
+		// The built-in default pool is the co-located engine only while
+		// nothing else fills it: engines that registered, or a Service.
+		if len(addrs) == 0 && p.Name == config.DefaultPoolName && len(registered[p.Name]) == 0 && p.Kubernetes.Service == "" {
 			if host, _ := config.HostPort(m.engineAddr); net.ParseIP(host) == nil {
 				errs = append(errs, fmt.Sprintf("engine.listen: the pool %q routes to it over EDS, which needs an IP address, not the host name %q", p.Name, host))
 			}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -266,4 +267,26 @@ xds:
     - {name: b, endpoints: [%s]}
 `, a, b))
 	servedBy(t, grpcClient(t, s.ADSAddr(), "two-listener-client", "ingress"), a)
+}
+
+// The built-in default pool is the co-located engine (engine.listen) only
+// until engines register into it: Envoy must not keep sending a share of
+// the traffic to its own localhost.
+func TestDefaultPoolDropsEngineListenOnceEnginesRegister(t *testing.T) {
+	s := startServer(t, "engine:\n  listen: 127.0.0.1:1\n")
+	if code := adminDo(t, s, "POST", "/v1/pools/default/endpoints", `{"address": "10.0.0.7:8080", "ttl": "1h"}`, nil); code != http.StatusCreated {
+		t.Fatalf("register: %d", code)
+	}
+	ads := dialADS(t, s.ADSAddr(), "envoy-1")
+	_, res := ads.fetch(resourcev3.EndpointType, "default")
+	var got []string
+	for _, le := range res[0].(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
+		for _, e := range le.GetLbEndpoints() {
+			sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+			got = append(got, fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue()))
+		}
+	}
+	if len(got) != 1 || got[0] != "10.0.0.7:8080" {
+		t.Errorf("pool default lists %v, want only the registered engine", got)
+	}
 }
