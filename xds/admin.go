@@ -357,10 +357,17 @@ type registerRequest struct {
 	TTL     time.Duration `yaml:"ttl"`
 }
 
-func (s *Server) hasPool(name string) bool {
+// register adds addr to pool, or refreshes it, while the pool exists: the
+// check and the put happen under s.mu, so a config change that removes the
+// pool (and drops its registrations) cannot come in between and be undone.
+func (s *Server) register(pool, addr string, ttl time.Duration) (expires time.Time, added, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.ContainsFunc(s.model.routing.Pools, func(p config.XDSPool) bool { return p.Name == name })
+	if !slices.ContainsFunc(s.model.routing.Pools, func(p config.XDSPool) bool { return p.Name == pool }) {
+		return time.Time{}, false, false
+	}
+	expires, added = s.endpoints.put(pool, addr, ttl, time.Now())
+	return expires, added, true
 }
 
 // registerEndpoint adds an engine to a pool, or refreshes it (a
@@ -386,11 +393,11 @@ func (s *Server) registerEndpoint(w http.ResponseWriter, r *http.Request) {
 	if req.TTL == 0 {
 		req.TTL = s.cfg.XDS.HeartbeatTTL
 	}
-	if !s.hasPool(pool) {
+	expires, added, ok := s.register(pool, req.Address, req.TTL)
+	if !ok {
 		ops.WriteError(w, http.StatusNotFound, fmt.Sprintf("no pool named %q", pool))
 		return
 	}
-	expires, added := s.endpoints.put(pool, req.Address, req.TTL, time.Now())
 	status := http.StatusOK
 	if added {
 		status = http.StatusCreated
