@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -39,6 +40,47 @@ func TestLocalRequestRateWithBurst(t *testing.T) {
 	}
 	if d, _ := l.Take(ctx, "other", requests, 1); !d.Allowed || d.Remaining != 2 {
 		t.Fatalf("keys share state: %+v", d)
+	}
+}
+
+// Keys still limited are kept however many there are, drained ones are
+// swept out, and a shard full of live keys is not swept on every call
+// (each sweep scans the whole shard under its lock).
+func TestLocalSweepsDrainedKeysOnly(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	l := NewLocal()
+	l.now = c.now
+	ctx := context.Background()
+	budget := Limit{Name: "tokens", Quota: 1, Window: time.Hour, Burst: 1}
+	first := &l.shards[0]
+	live := 0
+	for i := 0; live < pruneAt+100; i++ {
+		key := fmt.Sprint("tenant-", i)
+		if l.shard(key) != first {
+			continue
+		}
+		if err := l.Charge(ctx, key, budget, 1); err != nil {
+			t.Fatal(err)
+		}
+		live++
+	}
+	if len(first.tat) != live {
+		t.Fatalf("%d keys kept of %d still limited", len(first.tat), live)
+	}
+	if first.sweepAt < 2*pruneAt {
+		t.Errorf("after sweeping a shard of %d live keys the next sweep is at %d: every call would scan it", live, first.sweepAt)
+	}
+	c.t = c.t.Add(2 * time.Hour) // every key has drained
+	for i := 0; len(first.tat) >= live; i++ {
+		key := fmt.Sprint("late-", i)
+		if l.shard(key) == first {
+			if _, err := l.Take(ctx, key, requests, 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i > 100*live {
+			t.Fatal("drained keys were never swept out")
+		}
 	}
 }
 
