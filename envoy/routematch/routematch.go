@@ -1,7 +1,9 @@
 // Package routematch is Envoy's route matching (a path specifier plus
 // header matchers), for what must pick a route exactly as Envoy does: the
 // test proxy's route table, and the ext_proc server when a request's body
-// names a model whose route Envoy chooses only after the body is read.
+// names a model whose route Envoy chooses only after the body is read. It
+// also holds the path normalization Envoy applies before matching, and the
+// check for escapes that survive it.
 package routematch
 
 import (

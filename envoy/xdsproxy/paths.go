@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/infergate/infergate/envoy/routematch"
-
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+
+	"github.com/infergate/infergate/envoy/routematch"
 )
 
 // pathRules is the HCM's path handling, which Envoy applies to :path as a
