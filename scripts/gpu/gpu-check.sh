@@ -7,8 +7,8 @@
 # log, continuing past failures, most important first:
 #   1. golden-vector self-test of USE-Lite on the XLA backend (the GPU)
 #   2. the engine on the GPU with dynamic batching: bench sweep over
-#      concurrency, NVML gauges scraped from /metrics under load, and one
-#      point with texts of mixed lengths
+#      concurrency, NVML gauges scraped from /metrics under load, one
+#      point with texts of mixed lengths, and requests of several texts
 #   3. the same engine unbatched (max_batch_size 1): bench sweep
 #   4. the in-process ceiling (the runtime alone at the same batch sizes)
 #   5. PyTorch baseline: a BERT-shaped encoder, measured at fixed shapes and
@@ -19,7 +19,8 @@
 #
 # DRY_RUN=1 runs the discovery for real and prints every command instead of
 # running it, so the script can be checked on a machine without a GPU.
-# Knobs (environment): OUT BIN MODEL_DIR PORT CONCURRENCY MIXED_CONCURRENCY ONNX_CONCURRENCY
+# Knobs (environment): OUT BIN MODEL_DIR PORT CONCURRENCY MIXED_CONCURRENCY INPUTS INPUTS_CONCURRENCY
+# UNBATCHED_CONCURRENCY ONNX_CONCURRENCY
 # QUEUE_DELAY EXTRA_QUEUE_DELAYS XLA_OPTIONS (e.g. memory_fraction=0.5)
 # BATCH_SIZES WINDOW
 # WARMUP MAX_WINDOWS CEIL_WINDOW SEQ_LEN SKIP_STEPS (e.g. selftest-tf32,ceiling-onnx) WORKERS MAX_BATCH BUDGET_S ENGINE_BACKEND
@@ -41,7 +42,15 @@ MODEL_DIR=${MODEL_DIR:-models/use-lite}
 PORT=${PORT:-18080}
 CONCURRENCY=${CONCURRENCY:-1,8,32,64,128,256}
 ONNX_CONCURRENCY=${ONNX_CONCURRENCY:-1,32,256}
+# Unbatched throughput is flat once every worker is busy (c >= 8), so its
+# sweep may stop short of the dynamic one's.
+UNBATCHED_CONCURRENCY=${UNBATCHED_CONCURRENCY:-$CONCURRENCY}
 MIXED_CONCURRENCY=${MIXED_CONCURRENCY:-256}
+# Requests of INPUTS texts each (an OpenAI embeddings call with a list), at
+# INPUTS_CONCURRENCY: what the engine reaches when HTTP and JSON are paid
+# once per several items, as the in-process ceiling pays them not at all.
+INPUTS=${INPUTS:-8}
+INPUTS_CONCURRENCY=${INPUTS_CONCURRENCY:-32,128}
 # The dynamic engine's max_queue_delay, and others to sweep after it
 # (comma-separated, e.g. 0s,500us), each in an engine of its own.
 QUEUE_DELAY=${QUEUE_DELAY:-2ms}
@@ -386,6 +395,9 @@ if ((INPUTS_OK == 0)) || [[ $DRY_RUN == 1 ]]; then
     step bench-mixed 150 "$BIN" bench --url "$URL" --model use-lite --texts "$ROOT/docs/bench/mixed-lengths.txt" \
       --concurrency "$MIXED_CONCURRENCY" --duration "$WINDOW" --warmup "$WARMUP" --max-windows "$MAX_WINDOWS" \
       --json "$OUT/bench-mixed.json" --csv "$OUT/bench-mixed.csv"
+    step bench-inputs 150 "$BIN" bench --url "$URL" --model use-lite --inputs "$INPUTS" \
+      --concurrency "$INPUTS_CONCURRENCY" --duration "$WINDOW" --warmup "$WARMUP" --max-windows "$MAX_WINDOWS" \
+      --json "$OUT/bench-inputs.json" --csv "$OUT/bench-inputs.csv"
     if [[ $DRY_RUN != 1 ]]; then
       fetch "$URL/metrics" >"$OUT/metrics-after-dynamic.txt" 2>&1
       n=$(grep -c '^infergate_gpu_' "$OUT/metrics-after-dynamic.txt")
@@ -406,7 +418,7 @@ if ((INPUTS_OK == 0)) || [[ $DRY_RUN == 1 ]]; then
   # 3. Unbatched: one item per batch, everything else the same.
   write_config "$OUT/engine-unbatched.yaml" 1 use-lite
   if start_engine unbatched "$OUT/engine-unbatched.yaml"; then
-    bench_sweep bench-unbatched use-lite
+    bench_sweep bench-unbatched use-lite "$UNBATCHED_CONCURRENCY"
     stop_engine
   fi
 

@@ -208,6 +208,7 @@ def main():
         lines.append("")
 
     for name, title in (("bench-dynamic.csv", "Raw: dynamic"), ("bench-mixed.csv", "Raw: dynamic, texts of mixed lengths"),
+                        ("bench-inputs.csv", "Raw: dynamic, several texts per request"),
                         ("bench-unbatched.csv", "Raw: unbatched"), ("ceiling.csv", "Raw: ceiling")):
         rows = read_csv(p(name))
         if rows:
