@@ -52,6 +52,7 @@ func init() {
 	f.String("concurrency", "1,8,32,64", "closed-loop concurrency levels")
 	f.String("rate", "", "open-loop Poisson rates in requests/s (e.g. 50,100)")
 	f.Int("inputs", 1, "texts per request")
+	f.String("encoding-format", "", `encoding_format to ask for: float or base64 (the OpenAI clients' choice; default: none sent, which is float)`)
 	f.String("texts", "", "file of texts to send, one per line, e.g. a sample of your traffic (default: generated 8-20-word sentences)")
 	f.Int("workers", 0, "override the model's workers in every in-process mode (default: as configured)")
 	f.Duration("warmup", 2*time.Second, "load before measuring each point")
@@ -81,6 +82,7 @@ type benchPlan struct {
 	rates       []float64
 	batchSizes  []int
 	inputs      int
+	format      string
 	tokens      int
 	model       config.EngineModel
 	backend     string
@@ -99,6 +101,10 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	plan.opts.MaxWindows, _ = f.GetInt("max-windows")
 	plan.opts.Stability, _ = f.GetFloat64("stability")
 	plan.inputs, _ = f.GetInt("inputs")
+	plan.format, _ = f.GetString("encoding-format")
+	if plan.format != "" && plan.format != "float" && plan.format != "base64" {
+		return fmt.Errorf("bench: --encoding-format %q is not one of float, base64", plan.format)
+	}
 	plan.tokens, _ = f.GetInt("tokens")
 	if url, _ := f.GetString("url"); plan.tokens != 0 && url != "" {
 		return errors.New("bench: --tokens sets the in-process ceiling's sequence length; a running engine tokenizes what it is sent")
@@ -220,7 +226,7 @@ func failedPoints(results []loadgen.Result) error {
 
 // sweep runs every configured load point against url.
 func (p *benchPlan) sweep(ctx context.Context, log io.Writer, mode, url string) ([]loadgen.Result, error) {
-	target := &loadgen.Target{URL: url, Model: p.model.Name, Texts: p.texts, InputsPerRequest: p.inputs}
+	target := &loadgen.Target{URL: url, Model: p.model.Name, Texts: p.texts, InputsPerRequest: p.inputs, EncodingFormat: p.format}
 	var results []loadgen.Result
 	record := func(r loadgen.Result, err error) error {
 		if err != nil {

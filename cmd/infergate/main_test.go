@@ -75,6 +75,8 @@ func TestBadInputIsOneClearLine(t *testing.T) {
 		{"missing file", []string{"xds", "-c", "/nonexistent/infergate.yaml"}, "/nonexistent/infergate.yaml"},
 		{"port in use", []string{"xds", "-c", writeConfig(t, fmt.Sprintf("xds:\n  listen: %s\n  admin: %s\n", busy.Addr(), freeAddr(t)))}, "address already in use"},
 		{"unknown command", []string{"frobnicate"}, "unknown command"},
+		{"pprof port in use", []string{"version", "--pprof", busy.Addr().String()}, "--pprof: listen tcp"},
+		{"bench in an unknown encoding", []string{"bench", "--encoding-format", "hex"}, `--encoding-format "hex" is not one of float, base64`},
 		{"bench without load", []string{"bench", "--concurrency=", "--modes", "ceiling"}, "at least one load point"},
 		{"bench at no concurrency", []string{"bench", "--concurrency", "-1"}, `"-1" is not positive`},
 		{"bench against nothing", []string{"bench", "--url", "http://" + freeAddr(t), "--concurrency", "1", "--warmup", "10ms", "--duration", "50ms", "--max-windows", "1"}, "no request succeeded at engine c=1"},
@@ -211,5 +213,22 @@ func waitOK(ctx context.Context, exited <-chan error, url string) error {
 			return err
 		case <-time.After(100 * time.Millisecond):
 		}
+	}
+}
+
+func TestPprofServesProfilesApartFromTheAPIs(t *testing.T) {
+	ln, err := servePprof("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	resp, err := http.Get("http://" + ln.Addr().String() + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "goroutine profile:") {
+		t.Fatalf("%d %.200s", resp.StatusCode, body)
 	}
 }

@@ -25,6 +25,9 @@ type Target struct {
 	// marked with the round after the first so that none repeats.
 	Texts            []string
 	InputsPerRequest int
+	// EncodingFormat is sent as OpenAI's encoding_format when set:
+	// "base64" is what the official OpenAI clients ask for.
+	EncodingFormat string
 	// Client defaults to one with enough idle connections for the load.
 	Client *http.Client
 
@@ -68,7 +71,11 @@ func (t *Target) body() ([]byte, int) {
 			in[i] += " (" + strconv.Itoa(round) + ")"
 		}
 	}
-	b, _ := json.Marshal(map[string]any{"model": t.Model, "input": in})
+	req := map[string]any{"model": t.Model, "input": in}
+	if t.EncodingFormat != "" {
+		req["encoding_format"] = t.EncodingFormat
+	}
+	b, _ := json.Marshal(req)
 	return b, n
 }
 

@@ -262,3 +262,29 @@ func TestClientGrowsWithTheSweep(t *testing.T) {
 		t.Fatalf("c=8 after c=256: %d idle connections kept; the client should not shrink", got)
 	}
 }
+
+func TestEncodingFormatIsAskedFor(t *testing.T) {
+	formats := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		f, sent := req["encoding_format"].(string)
+		if !sent {
+			f = "(none)"
+		}
+		select {
+		case formats <- f:
+		default:
+		}
+	}))
+	t.Cleanup(srv.Close)
+	for _, want := range []string{"", "base64"} {
+		target := &Target{URL: srv.URL, Model: "m", Texts: Corpus(3), EncodingFormat: want}
+		if _, ok := target.send(context.Background(), srv.Client()); !ok {
+			t.Fatal("request failed")
+		}
+		if got := <-formats; (want == "" && got != "(none)") || (want != "" && got != want) {
+			t.Fatalf("EncodingFormat %q: the engine was asked for %q", want, got)
+		}
+	}
+}
