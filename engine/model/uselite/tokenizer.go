@@ -101,11 +101,14 @@ func (t *tokenizer) insert(piece string, score float64, id int32) {
 	node.isPiece, node.score, node.id = true, score, id
 }
 
-// lattice edge: a piece covering symbols [start, end).
-type edge struct {
-	start int
-	score float64
-	id    int32
+// relax offers piece id, covering symbols [start, end), as the last piece
+// of the best segmentation of symbols [0, end).
+func relax(best []float64, words []int32, start, end int, score float64, id int32) {
+	score += best[start]
+	if best[end] == 0 || score >= best[end] {
+		best[end] = score
+		words[end] = id
+	}
 }
 
 // graphemeJoiner is U+034F COMBINING GRAPHEME JOINER.
@@ -126,9 +129,13 @@ func (t *tokenizer) encode(text string) []int32 {
 	symbols := []rune(string(wordBoundary) + strings.ReplaceAll(normalized, " ", string(wordBoundary)))
 	n := len(symbols)
 
-	// endingAt[e] lists the pieces that end at e, in increasing start order
-	// (the order JS visits them).
-	endingAt := make([][]edge, n+1)
+	// Viterbi over the lattice of pieces, relaxing each piece's end as its
+	// start is reached: best[i] is final by then, since every piece ending
+	// at i starts before it, and the pieces into one end are relaxed in
+	// increasing start order, the order JS visits them, so ties resolve
+	// as in TF.js.
+	best := make([]float64, n+1)
+	words := make([]int32, n+1)
 	for i := range n {
 		matched := false
 		node := t.root
@@ -138,24 +145,12 @@ func (t *tokenizer) encode(text string) []int32 {
 				break
 			}
 			if node.isPiece {
-				endingAt[j+1] = append(endingAt[j+1], edge{start: i, score: node.score, id: node.id})
+				relax(best, words, i, j+1, node.score, node.id)
 				matched = true
 			}
 		}
 		if !matched {
-			endingAt[i+1] = append(endingAt[i+1], edge{start: i, score: 0, id: unknownID})
-		}
-	}
-
-	best := make([]float64, n+1)
-	words := make([]int32, n+1)
-	for end := 1; end <= n; end++ {
-		for _, e := range endingAt[end] {
-			score := e.score + best[e.start]
-			if best[end] == 0 || score >= best[end] {
-				best[end] = score
-				words[end] = e.id
-			}
+			relax(best, words, i, i+1, 0, unknownID)
 		}
 	}
 

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/infergate/infergate/engine/loadgen"
 	"github.com/infergate/infergate/engine/model"
 	"github.com/infergate/infergate/internal/testmodel"
 )
@@ -364,6 +365,18 @@ func TestWarmupCompilesBuckets(t *testing.T) {
 	for b, d := range times {
 		if !want[b] {
 			t.Errorf("bucket %dx%d compiled (in %v) beyond the warm-up's bounds", b.Batch, b.Length, d)
+		}
+	}
+}
+
+// BenchmarkTokenize measures the tokenizer on bench's generated 8-20-word
+// sentences, the CPU each served text costs before it reaches a batch.
+func BenchmarkTokenize(b *testing.B) {
+	enc := testEncoder(b)
+	texts := loadgen.Corpus(1000)
+	for i := 0; b.Loop(); i++ {
+		if _, err := enc.Tokenize(texts[i%len(texts)]); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
