@@ -2,12 +2,9 @@ package engine
 
 import (
 	"bytes"
-	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"reflect"
 	"time"
@@ -114,24 +111,6 @@ func jsonMessage(err error) string {
 	return err.Error()
 }
 
-type embeddingData struct {
-	Object    string `json:"object"`
-	Index     int    `json:"index"`
-	Embedding any    `json:"embedding"` // []float32, or a base64 string
-}
-
-type embeddingsResponse struct {
-	Object string          `json:"object"`
-	Data   []embeddingData `json:"data"`
-	Model  string          `json:"model"`
-	Usage  usage           `json:"usage"`
-}
-
-type usage struct {
-	PromptTokens int `json:"prompt_tokens"`
-	TotalTokens  int `json:"total_tokens"`
-}
-
 func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 	body, err := s.readBody(w, r)
 	if err != nil {
@@ -162,29 +141,11 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, r, err)
 		return
 	}
-	resp := embeddingsResponse{
-		Object: "list",
-		Data:   make([]embeddingData, len(res.vectors)),
-		Model:  sv.cfg.Name,
-		Usage:  usage{PromptTokens: res.tokens, TotalTokens: res.tokens},
-	}
-	for i, v := range res.vectors {
-		resp.Data[i] = embeddingData{Object: "embedding", Index: i, Embedding: v}
-		if req.Base64 {
-			resp.Data[i].Embedding = encodeBase64(v)
-		}
-	}
-	ops.WriteJSON(w, http.StatusOK, resp)
-}
-
-// encodeBase64 is OpenAI's base64 encoding_format: the little-endian
-// float32 bytes of the vector.
-func encodeBase64(v []float32) string {
-	buf := make([]byte, 4*len(v))
-	for i, f := range v {
-		binary.LittleEndian.PutUint32(buf[4*i:], math.Float32bits(f))
-	}
-	return base64.StdEncoding.EncodeToString(buf)
+	out := appendEmbeddingsResponse(make([]byte, 0, embeddingsResponseSize(res.vectors, req.Base64)),
+		sv.cfg.Name, res.vectors, req.Base64, res.tokens)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(append(out, '\n'))
 }
 
 type modelObject struct {
