@@ -6,19 +6,23 @@
 # For each worker count in WORKERS_LIST, one engine (one text per request):
 #   - closed-loop points at PROFILE_CONCURRENCY, with encoding_format float
 #     (bench's default) and base64 (the OpenAI clients' default);
-#   - at PROFILE_AT, again, while the engine's Go CPU profile and execution
-#     trace (--pprof) are taken, its CPU time is read from /proc and the
-#     GPU's utilisation is sampled.
+#   - EXTRA_POINTS, each INPUTSxCONCURRENCY:FORMAT (e.g. 8x128:base64, a
+#     request of 8 texts from each of 128 clients);
+#   - at PROFILE_AT in PROFILE_FORMAT, again, while the engine's Go CPU
+#     profile and execution trace (--pprof) are taken, its CPU time is read
+#     from /proc and the GPU's utilisation is sampled.
 # Then the in-process ceiling at CEIL_BATCHES for each worker count, the
 # GPU sampled as it runs. Results, profiles included, land under $OUT.
 #
 # Knobs (environment), besides lib.sh's: WORKERS_LIST PROFILE_CONCURRENCY
-# PROFILE_AT CEIL_BATCHES PPROF_PORT.
+# EXTRA_POINTS PROFILE_AT PROFILE_FORMAT CEIL_BATCHES PPROF_PORT.
 set -u -o pipefail
 
 WORKERS_LIST=${WORKERS_LIST:-2,4}
 PROFILE_CONCURRENCY=${PROFILE_CONCURRENCY:-256,1024}
+EXTRA_POINTS=${EXTRA_POINTS:-}
 PROFILE_AT=${PROFILE_AT:-1024}
+PROFILE_FORMAT=${PROFILE_FORMAT:-float}
 CEIL_BATCHES=${CEIL_BATCHES:-128}
 PPROF_PORT=${PPROF_PORT:-16060}
 BUDGET_S=${BUDGET_S:-360}
@@ -58,7 +62,7 @@ profiled_point() {
   local grab=$!
   start_sampler "$OUT/gpu-$tag.txt"
   t0=$(date +%s.%N); c0=$(cpu_ticks "$ENGINE_PID")
-  point "bench-$tag-profiled" "$PROFILE_AT"
+  point "bench-$tag-profiled" "$PROFILE_AT" --encoding-format "$PROFILE_FORMAT"
   c1=$(cpu_ticks "$ENGINE_PID"); t1=$(date +%s.%N)
   stop_sampler
   wait "$grab"
@@ -77,6 +81,10 @@ for w in ${WORKERS_LIST//,/ }; do
   for c in ${PROFILE_CONCURRENCY//,/ }; do
     point "bench-w$w-c$c-float" "$c"
     point "bench-w$w-c$c-base64" "$c" --encoding-format base64
+  done
+  for p in $EXTRA_POINTS; do
+    inputs=${p%%x*} rest=${p#*x}
+    point "bench-w$w-i$inputs-c${rest%%:*}-${rest#*:}" "${rest%%:*}" --inputs "$inputs" --encoding-format "${rest#*:}"
   done
   profiled_point "w$w"
   fetch "$URL/metrics" >"$OUT/metrics-w$w.txt" 2>&1
