@@ -42,8 +42,8 @@ func appendEmbeddingsResponse(b []byte, model string, vectors [][]float32, b64 b
 	return append(b, "}}"...)
 }
 
-// embeddingsResponseSize is a close upper bound of the response's length,
-// so that it is built in one allocation.
+// embeddingsResponseSize estimates the response's length from above for
+// an embedding's usual floats, so that it is built in one allocation.
 func embeddingsResponseSize(vectors [][]float32, b64 bool) int {
 	n := 160
 	for _, v := range vectors {

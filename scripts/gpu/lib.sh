@@ -296,6 +296,7 @@ trap 'log "interrupted"; exit 130' INT TERM
 # prepare checks the inputs, records the machine, finds the plugin and the
 # CUDA libraries and exports what the engine needs to use them. INPUTS_OK
 # and XLA_OK are 0 when all was found.
+# shellcheck disable=SC2034 # INPUTS_OK, XLA_OK and TORCH_LD_LIBRARY_PATH are the caller's
 prepare() {
   check_inputs
   INPUTS_OK=$?

@@ -435,3 +435,28 @@ func benchEmbed(b *testing.B, enc *Encoder, batch [][]int32) {
 	}
 	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "sentences/s")
 }
+
+// FuzzTokenize holds that any text either tokenizes to ids the model can
+// embed or is refused as untokenizable, never a panic or an id outside the
+// vocabulary.
+func FuzzTokenize(f *testing.F) {
+	enc := testEncoder(f)
+	for _, c := range loadGolden(f) {
+		f.Add(c.Text)
+	}
+	f.Add("a\u0301\u0301\u0301 ▁x ▁ \u034f")
+	f.Fuzz(func(t *testing.T, text string) {
+		ids, err := enc.Tokenize(text)
+		if err != nil {
+			if !errors.Is(err, model.ErrUntokenizable) {
+				t.Fatalf("Tokenize(%q): %v", text, err)
+			}
+			return
+		}
+		for _, id := range ids {
+			if id < 0 || int(id) >= enc.net.vocabRows {
+				t.Fatalf("Tokenize(%q) = %v: id %d outside the vocabulary", text, ids, id)
+			}
+		}
+	})
+}
