@@ -55,6 +55,7 @@ func TestBadConfigErrors(t *testing.T) {
 		{"bad address", "engine:\n  listen: nohost\n", []string{"bad.yaml", "engine.listen", "nohost"}},
 		{"bad port", "xds:\n  listen: 127.0.0.1:99999\n", []string{"xds.listen", "99999"}},
 		{"bad level", "log:\n  level: loud\n", []string{"log.level", "loud"}},
+		{"negative grace", "xds:\n  registration_grace: -1s\n", []string{"xds.registration_grace", "negative"}},
 		{"not yaml", "engine: [\n", []string{"bad.yaml", "line"}},
 		{"lone synonym", "extproc:\n  semantic:\n    synonyms: [\"thaw\"]\n", []string{`extproc.semantic.synonyms[0] (line 3): "thaw": give two or more words`}},
 		{"synonym not a word", "extproc:\n  semantic:\n    synonyms: [\"thaw Defrost\", \"pc computer\"]\n",

@@ -42,6 +42,16 @@ type XDS struct {
 	// HeartbeatTTL is how long an engine registered over the admin API stays
 	// in EDS without a heartbeat. Default 15s.
 	HeartbeatTTL time.Duration `yaml:"heartbeat_ttl"`
+	// RegistrationGrace is how long a starting control plane holds back
+	// its first configuration when a pool's endpoints come from engines
+	// registering alone (no endpoints listed, no Kubernetes Service, not
+	// the default pool's engine.listen): a restarted control plane has
+	// forgotten the registrations, and Envoy, which keeps its old
+	// configuration until it gets a new one, would otherwise drop every
+	// registered engine until the next heartbeat. It ends early once each
+	// such pool has an engine. Default heartbeat_ttl/3 + 1s, a little
+	// over the engines' default register.interval; 0 turns it off.
+	RegistrationGrace *time.Duration `yaml:"registration_grace"`
 	// ExtProc tunes the ext_proc filter in every listener; the ext_proc
 	// cluster's address is extproc.listen.
 	ExtProc XDSExtProc `yaml:"ext_proc"`
@@ -276,6 +286,10 @@ func (x *XDS) setDefaults() {
 	if x.HeartbeatTTL == 0 {
 		x.HeartbeatTTL = 15 * time.Second
 	}
+	if x.RegistrationGrace == nil {
+		g := x.HeartbeatTTL/3 + time.Second
+		x.RegistrationGrace = &g
+	}
 	x.SetRoutingDefaults()
 }
 
@@ -410,6 +424,9 @@ func (x *XDS) validate() error {
 	}
 	if x.HeartbeatTTL < 0 {
 		errs = append(errs, fmt.Errorf("xds.heartbeat_ttl: %s is negative", x.HeartbeatTTL))
+	}
+	if x.RegistrationGrace != nil && *x.RegistrationGrace < 0 {
+		errs = append(errs, fmt.Errorf("xds.registration_grace: %s is negative", *x.RegistrationGrace))
 	}
 	errs = append(errs, x.ValidateRouting())
 	return errors.Join(errs...)

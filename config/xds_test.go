@@ -29,6 +29,10 @@ func TestXDSDefaults(t *testing.T) {
 	if x.WatchInterval != time.Second || x.History != 20 || x.HeartbeatTTL != 15*time.Second || x.ExtProc.MessageTimeout != 500*time.Millisecond {
 		t.Errorf("defaults %+v", x)
 	}
+	// A little over the engines' default heartbeat interval (ttl / 3).
+	if *x.RegistrationGrace != 6*time.Second {
+		t.Errorf("registration_grace default %s, want 6s", *x.RegistrationGrace)
+	}
 }
 
 // Every routing problem is reported at once, each with its path and the

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -54,10 +55,19 @@ type typeVersion struct {
 type publisher struct {
 	cache cachev3.SnapshotCache
 
+	// boot sets this process's versions apart from an earlier one's: a
+	// restarted control plane counts generations from 1 again, and an
+	// Envoy that holds, say, endpoints version "2" from before would
+	// take a new "2" for what it has and never ask for it.
+	boot string
+
 	mu         sync.Mutex
 	res        *resources
 	generation int
 	nodes      map[string]*publishedNode
+	// held keeps every snapshot back (see Server.holdForRegistrations):
+	// builds are still made current, and release sets them all.
+	held bool
 }
 
 type publishedNode struct {
@@ -69,7 +79,7 @@ type publishedNode struct {
 }
 
 func newPublisher(c cachev3.SnapshotCache) *publisher {
-	return &publisher{cache: c, nodes: map[string]*publishedNode{}}
+	return &publisher{cache: c, nodes: map[string]*publishedNode{}, boot: strconv.FormatInt(time.Now().UnixNano(), 36)}
 }
 
 // publish makes r current and updates every known node's snapshot.
@@ -78,9 +88,29 @@ func (p *publisher) publish(r *resources) {
 	defer p.mu.Unlock()
 	p.res = r
 	p.generation++
+	if p.held {
+		return
+	}
 	for key, n := range p.nodes {
 		p.setLocked(key, n)
 	}
+}
+
+// release ends the hold: every connected node gets the current build.
+// It reports whether a hold ended.
+func (p *publisher) release() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.held {
+		return false
+	}
+	p.held = false
+	if p.res != nil {
+		for key, n := range p.nodes {
+			p.setLocked(key, n)
+		}
+	}
+	return true
 }
 
 func (p *publisher) currentGeneration() int {
@@ -98,7 +128,7 @@ func (p *publisher) addNode(key string, node *corev3.Node) {
 		n = &publishedNode{node: node, versions: map[string]typeVersion{}}
 		p.nodes[key] = n
 	}
-	if p.res != nil {
+	if p.res != nil && !p.held {
 		p.setLocked(key, n)
 	}
 }
@@ -131,7 +161,7 @@ func (p *publisher) setLocked(key string, n *publishedNode) {
 		// update repeats the version it holds: new clusters always come
 		// with a new EDS version, even if no endpoint moved.
 		if !ok || tv.hash != sum || (typeURL == resourcev3.EndpointType && clustersChanged) {
-			tv = typeVersion{hash: sum, version: strconv.Itoa(p.generation)}
+			tv = typeVersion{hash: sum, version: strconv.Itoa(p.generation) + "." + p.boot}
 			n.versions[typeURL] = tv
 			clustersChanged = clustersChanged || (ok && typeURL == resourcev3.ClusterType)
 		}

@@ -65,3 +65,19 @@ func TestClusterChangeIsPublishedBeforeItsEndpoints(t *testing.T) {
 		t.Error("step 2 carries no endpoints")
 	}
 }
+
+// A restarted control plane counts its generations from 1 again; its
+// versions must still differ from the ones an Envoy holds from before, or
+// that Envoy, repeating its version, is never sent what changed.
+func TestVersionsDifferAcrossRestarts(t *testing.T) {
+	const cfg = "xds:\n  pools:\n    - name: default\n      endpoints: [127.0.0.1:1]\n"
+	var versions []string
+	for range 2 {
+		s := startServer(t, cfg)
+		resp, _ := dialADS(t, s.ADSAddr(), "restarted").fetch(resourcev3.EndpointType, "default")
+		versions = append(versions, resp.GetVersionInfo())
+	}
+	if versions[0] == versions[1] {
+		t.Fatalf("both control planes sent endpoints version %q", versions[0])
+	}
+}

@@ -78,6 +78,10 @@ type Server struct {
 	version       int
 	history       []revision
 	lastRejection *rejection
+	// waiting are the pools the first configuration is held for (see
+	// grace.go); empty once it is published.
+	waiting    []string
+	graceTimer *time.Timer
 
 	grpcLn, adminLn net.Listener
 	grpc            *grpc.Server
@@ -129,6 +133,7 @@ func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prom
 	}
 	t.firstSeen = s.pub.addNode
 	t.gone = s.pub.removeNode
+	s.holdForRegistrations()
 	if _, err := s.apply(modelOf(cfg), "startup", "initial config"); err != nil {
 		cancel()
 		if s.slices != nil {
@@ -198,6 +203,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { defer wg.Done(); s.watch(ctx) }()
 	go func() { defer wg.Done(); s.expireLoop(ctx) }()
 	s.log.Info("serving", "ads", s.ADSAddr(), "admin", s.AdminAddr(), "version", s.currentVersion())
+	s.startGrace()
 
 	var err error
 	select {
@@ -205,6 +211,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	stop()
+	if s.graceTimer != nil {
+		s.graceTimer.Stop()
+	}
 	// ADS streams never end on their own: stop them, then let the admin
 	// server drain (ops.ServeHTTP) and the loops return.
 	s.cancel()
@@ -292,6 +301,7 @@ func (s *Server) applyLocked(m model, source, note string, describe func(error) 
 	s.m.buildSeconds.Observe(time.Since(start).Seconds())
 	s.m.configVersion.Set(float64(s.version))
 	s.log.Info("config accepted", "version", s.version, "source", source, "note", note, "build", time.Since(start))
+	s.releaseIfRegisteredLocked()
 	return s.version, nil
 }
 
@@ -351,6 +361,7 @@ func (s *Server) endpointsChanged() {
 	s.res = res
 	s.recordEndpointsLocked()
 	s.m.buildSeconds.Observe(time.Since(start).Seconds())
+	s.releaseIfRegisteredLocked()
 }
 
 // recordEndpointsLocked sets each pool's endpoint gauge from what was

@@ -50,8 +50,9 @@ func (s *Server) reload(data []byte) (int, error) {
 	}
 	now, was := cfg.XDS, s.cfg.XDS
 	if now.Listen != was.Listen || now.Admin != was.Admin || now.AdminTokenFile != was.AdminTokenFile || now.Kubeconfig != was.Kubeconfig ||
-		now.WatchInterval != was.WatchInterval || now.History != was.History || now.HeartbeatTTL != was.HeartbeatTTL {
-		s.log.Warn("changes to xds.listen, admin, admin_token_file, kubeconfig, watch_interval, history and heartbeat_ttl take effect at the next start; routing changes apply now")
+		now.WatchInterval != was.WatchInterval || now.History != was.History || now.HeartbeatTTL != was.HeartbeatTTL ||
+		registrationGrace(now) != registrationGrace(was) {
+		s.log.Warn("changes to xds.listen, admin, admin_token_file, kubeconfig, watch_interval, history, heartbeat_ttl and registration_grace take effect at the next start; routing changes apply now")
 	}
 	return s.applyDescribed(modelOf(cfg), "file", s.configPath, func(err error) error {
 		return config.WithLines(data, err)

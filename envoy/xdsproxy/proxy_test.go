@@ -187,20 +187,34 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // nodeStatus is the control plane's record of edge-1, by resource type.
 func (s *stack) nodeStatus(t *testing.T) map[string]xds.TypeStatus {
 	t.Helper()
+	return s.node(t).Types
+}
+
+// connected reports that edge-1 has a stream open to the control plane.
+func (s *stack) connected(t *testing.T) bool {
+	t.Helper()
+	return s.node(t).Streams > 0
+}
+
+type nodeRecord struct {
+	Streams int                       `json:"streams"`
+	Types   map[string]xds.TypeStatus `json:"types"`
+}
+
+func (s *stack) node(t *testing.T) nodeRecord {
+	t.Helper()
 	resp, err := http.Get("http://" + s.xdsAdmin + "/v1/nodes")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	var v struct {
-		Nodes map[string]struct {
-			Types map[string]xds.TypeStatus `json:"types"`
-		} `json:"nodes"`
+		Nodes map[string]nodeRecord `json:"nodes"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
 		t.Fatal(err)
 	}
-	return v.Nodes["envoy/edge-1"].Types
+	return v.Nodes["envoy/edge-1"]
 }
 
 // allACKed reports that edge-1 accepted the last version of every type.
@@ -309,7 +323,7 @@ func TestHeaderMatchAndWeightedDestinations(t *testing.T) {
 // leaves again when it deregisters.
 func TestEndpointsFollowEDS(t *testing.T) {
 	a := upstream(t, "a")
-	s := startStack(t, ingress+`            - name: main
+	s := startStack(t, "  registration_grace: 0s\n"+ingress+`            - name: main
               match: {prefix: /}
               pool: late
   pools:
@@ -324,6 +338,40 @@ func TestEndpointsFollowEDS(t *testing.T) {
 	eventually(t, "the registered engine serves", func() bool { return s.send(t, "GET", "/v2/health/ready", "").servedBy == "a" })
 	s.admin(t, "DELETE", "/v1/pools/late/endpoints/"+a, "")
 	eventually(t, "the deregistered engine is gone", func() bool { return s.send(t, "GET", "/v2/health/ready", "").status == 503 })
+}
+
+// A restarted control plane has forgotten the engines that registered.
+// It holds its first configuration back until they register again, so the
+// proxy keeps serving them meanwhile instead of answering 503.
+func TestRegisteredEnginesSurviveAControlPlaneRestart(t *testing.T) {
+	a := upstream(t, "a")
+	s := startStack(t, "  registration_grace: 0s\n"+ingress+`            - name: main
+              match: {prefix: /}
+              pool: late
+  pools:
+    - name: late
+`)
+	register := fmt.Sprintf(`{"address": %q}`, a)
+	s.admin(t, "POST", "/v1/pools/late/endpoints", register)
+	eventually(t, "the registered engine serves", func() bool { return s.send(t, "GET", "/", "").servedBy == "a" })
+
+	s.stopControlPlane()
+	cfg := s.cfg
+	cfg.XDS.Admin = "127.0.0.1:0"
+	grace := time.Minute // the test registers long before
+	cfg.XDS.RegistrationGrace = &grace
+	s.startControlPlane(t, cfg)
+	eventually(t, "edge-1 asks the restarted control plane", func() bool { return s.connected(t) })
+	for range 10 {
+		if r := s.send(t, "GET", "/", ""); r.servedBy != "a" {
+			t.Fatalf("during the registration grace: %d from %q: %s", r.status, r.servedBy, r.body)
+		}
+	}
+	s.admin(t, "POST", "/v1/pools/late/endpoints", register) // the engine's next heartbeat
+	eventually(t, "edge-1 ACKs the restarted control plane's configuration", func() bool { return s.allACKed(t) })
+	if r := s.send(t, "GET", "/", ""); r.servedBy != "a" {
+		t.Fatalf("after re-registration: %d from %q: %s; %+v", r.status, r.servedBy, r.body, s.nodeStatus(t))
+	}
 }
 
 // A listener moved onto a port another process holds cannot be bound: the

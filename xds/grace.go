@@ -1,0 +1,93 @@
+package xds
+
+import (
+	"slices"
+	"time"
+
+	"github.com/infergate/infergate/config"
+)
+
+// A restarted control plane has forgotten which engines registered, and
+// Envoy keeps the configuration it holds until it is sent a new one. So
+// while pools that only registration fills are empty, the first
+// configuration is held back (xds.registration_grace): connected nodes
+// keep theirs, and the engines' next heartbeats re-register them.
+
+// registrationGrace is x's registration_grace; 0 when unset.
+func registrationGrace(x config.XDS) time.Duration {
+	if x.RegistrationGrace == nil {
+		return 0
+	}
+	return *x.RegistrationGrace
+}
+
+// registeredOnly lists the pools whose engines come from registration
+// alone: no endpoints listed and no Kubernetes Service. The default pool
+// is not one of them: while empty it serves engine.listen.
+func registeredOnly(pools []config.XDSPool) []string {
+	var names []string
+	for _, p := range pools {
+		if len(p.Endpoints) == 0 && p.Kubernetes.Service == "" && p.Name != config.DefaultPoolName {
+			names = append(names, p.Name)
+		}
+	}
+	return names
+}
+
+// holdForRegistrations holds the publisher back at start when some pool
+// waits for registrations; Serve starts the grace period.
+func (s *Server) holdForRegistrations() {
+	s.waiting = registeredOnly(s.cfg.XDS.Pools)
+	if len(s.waiting) > 0 && registrationGrace(s.cfg.XDS) > 0 {
+		s.pub.held = true
+	} else {
+		s.waiting = nil
+	}
+}
+
+// startGrace ends the hold after the grace period, if engines have not
+// ended it before.
+func (s *Server) startGrace() {
+	s.mu.Lock()
+	waiting := slices.Clone(s.waiting)
+	s.mu.Unlock()
+	if len(waiting) == 0 {
+		return
+	}
+	grace := registrationGrace(s.cfg.XDS)
+	s.log.Info("holding the first configuration until engines re-register", "pools", waiting, "at_most", grace)
+	s.graceTimer = time.AfterFunc(grace, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.pub.release() {
+			s.log.Warn("registration grace over: publishing with pools still empty", "pools", s.emptyWaitingLocked())
+			s.waiting = nil
+		}
+	})
+}
+
+// releaseIfRegisteredLocked ends the hold once every awaited pool that
+// still exists has an engine.
+func (s *Server) releaseIfRegisteredLocked() {
+	if len(s.waiting) == 0 || len(s.emptyWaitingLocked()) > 0 {
+		return
+	}
+	s.waiting = nil
+	if s.pub.release() {
+		s.log.Info("engines re-registered: configuration published")
+	}
+}
+
+// emptyWaitingLocked lists the awaited pools, still in the model, that
+// have no endpoint yet.
+func (s *Server) emptyWaitingLocked() []string {
+	addrs := s.endpointAddressesLocked()
+	var empty []string
+	for _, name := range s.waiting {
+		exists := slices.ContainsFunc(s.model.routing.Pools, func(p config.XDSPool) bool { return p.Name == name })
+		if exists && len(addrs[name]) == 0 {
+			empty = append(empty, name)
+		}
+	}
+	return empty
+}

@@ -1,0 +1,110 @@
+package xds
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+)
+
+// registeredPoolConfig routes everything to pool dyn, which only
+// registering engines fill.
+func registeredPoolConfig(grace string) string {
+	return fmt.Sprintf(`xds:
+  registration_grace: %s
+  listeners:
+    - name: ingress
+      virtual_hosts:
+        - name: all
+          routes:
+            - name: main
+              pool: dyn
+  pools:
+    - name: dyn
+`, grace)
+}
+
+// pendingRecv receives the stream's next response in the background.
+func pendingRecv(a *adsStream) <-chan *discoveryv3.DiscoveryResponse {
+	ch := make(chan *discoveryv3.DiscoveryResponse, 1)
+	go func() {
+		if r, err := a.stream.Recv(); err == nil {
+			ch <- r
+		}
+	}()
+	return ch
+}
+
+// A restarted control plane must not push empty pools to Envoys that
+// still hold the engines: it waits for the engines to register again.
+func TestRestartedControlPlaneHoldsConfigUntilEnginesReregister(t *testing.T) {
+	s := startServer(t, registeredPoolConfig("1m"))
+	envoy := dialADS(t, s.ADSAddr(), "held")
+	envoy.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType})
+	got := pendingRecv(envoy)
+	select {
+	case <-got:
+		t.Fatal("clusters sent while pool dyn had no engine and the grace had not passed")
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	engine := backend(t)
+	if code := adminDo(t, s, "POST", "/v1/pools/dyn/endpoints", fmt.Sprintf(`{"address": %q}`, engine), nil); code != 201 {
+		t.Fatalf("register: %d", code)
+	}
+	select {
+	case resp := <-got:
+		envoy.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()})
+	case <-time.After(20 * time.Second):
+		t.Fatal("no clusters after the engine registered")
+	}
+	_, eds := envoy.fetch(resourcev3.EndpointType, "dyn")
+	if len(eds) != 1 || len(eds[0].(*endpointv3.ClusterLoadAssignment).GetEndpoints()) == 0 {
+		t.Fatalf("the first endpoints Envoy got for dyn are %v, want the registered engine", eds)
+	}
+}
+
+func TestRegistrationGraceEndsWithPoolsStillEmpty(t *testing.T) {
+	s := startServer(t, registeredPoolConfig("100ms"))
+	envoy := dialADS(t, s.ADSAddr(), "after-grace")
+	if _, clusters := envoy.fetch(resourcev3.ClusterType); len(clusters) == 0 {
+		t.Fatal("no clusters after the grace")
+	}
+	_, eds := envoy.fetch(resourcev3.EndpointType, "dyn")
+	if len(eds) != 1 || len(eds[0].(*endpointv3.ClusterLoadAssignment).GetEndpoints()) != 0 {
+		t.Fatalf("endpoints for dyn: %v, want an empty assignment", eds)
+	}
+}
+
+// Pools with listed endpoints, and the default pool, which serves
+// engine.listen while empty, hold nothing back. (recv gives up after 20 s,
+// well inside the minute's grace.)
+func TestNoGraceWithoutRegisteredOnlyPools(t *testing.T) {
+	for name, cfg := range map[string]string{
+		"listed endpoints": `xds:
+  registration_grace: 1m
+  listeners:
+    - name: ingress
+      virtual_hosts:
+        - name: all
+          routes:
+            - name: main
+              pool: fixed
+  pools:
+    - name: fixed
+      endpoints: [127.0.0.1:1]
+`,
+		"default pool": "xds:\n  registration_grace: 1m\n",
+		"grace off":    registeredPoolConfig("0s"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := startServer(t, cfg)
+			if _, clusters := dialADS(t, s.ADSAddr(), "prompt").fetch(resourcev3.ClusterType); len(clusters) == 0 {
+				t.Fatal("no clusters")
+			}
+		})
+	}
+}
