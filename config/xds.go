@@ -45,12 +45,12 @@ type XDS struct {
 	// RegistrationGrace is how long a starting control plane holds back
 	// its first configuration when a pool's endpoints come from engines
 	// registering alone (no endpoints listed, no Kubernetes Service, not
-	// the default pool's engine.listen): a restarted control plane has
-	// forgotten the registrations, and Envoy, which keeps its old
-	// configuration until it gets a new one, would otherwise drop every
-	// registered engine until the next heartbeat. It ends early once each
-	// such pool has an engine. Default heartbeat_ttl/3 + 1s, a little
-	// over the engines' default register.interval; 0 turns it off.
+	// the default pool, which serves engine.listen while empty): a
+	// restarted control plane has forgotten the registrations, and Envoy,
+	// which keeps its configuration until it gets a new one, would
+	// otherwise drop every registered engine until its next heartbeat.
+	// Default heartbeat_ttl/3 + 1s, a little over the engines' default
+	// register.interval; 0 turns it off.
 	RegistrationGrace *time.Duration `yaml:"registration_grace"`
 	// ExtProc tunes the ext_proc filter in every listener; the ext_proc
 	// cluster's address is extproc.listen.

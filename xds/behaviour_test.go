@@ -209,6 +209,7 @@ func TestDeregisteredOrSilentEngineLeavesEDS(t *testing.T) {
 	s := startServer(t, `engine:
   listen: 127.0.0.1:1
 xds:
+  registration_grace: 0s
   listeners:
     - name: ingress
       virtual_hosts:

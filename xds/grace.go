@@ -9,9 +9,11 @@ import (
 
 // A restarted control plane has forgotten which engines registered, and
 // Envoy keeps the configuration it holds until it is sent a new one. So
-// while pools that only registration fills are empty, the first
-// configuration is held back (xds.registration_grace): connected nodes
-// keep theirs, and the engines' next heartbeats re-register them.
+// when some pool is filled by registration alone, the first configuration
+// is held back for xds.registration_grace: connected nodes keep theirs
+// while every engine's next heartbeat registers it again. The hold does
+// not end at the first engine back, which would send a pool's whole load
+// to it until the others return.
 
 // registrationGrace is x's registration_grace; 0 when unset.
 func registrationGrace(x config.XDS) time.Duration {
@@ -45,8 +47,7 @@ func (s *Server) holdForRegistrations() {
 	}
 }
 
-// startGrace ends the hold after the grace period, if engines have not
-// ended it before.
+// startGrace ends the hold once the grace period has passed.
 func (s *Server) startGrace() {
 	s.mu.Lock()
 	waiting := slices.Clone(s.waiting)
@@ -55,31 +56,23 @@ func (s *Server) startGrace() {
 		return
 	}
 	grace := registrationGrace(s.cfg.XDS)
-	s.log.Info("holding the first configuration until engines re-register", "pools", waiting, "at_most", grace)
+	s.log.Info("holding the first configuration while engines register again", "pools", waiting, "for", grace)
 	s.graceTimer = time.AfterFunc(grace, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if s.pub.release() {
-			s.log.Warn("registration grace over: publishing with pools still empty", "pools", s.emptyWaitingLocked())
-			s.waiting = nil
+		empty := s.emptyWaitingLocked()
+		s.waiting = nil
+		s.pub.release()
+		if len(empty) > 0 {
+			s.log.Warn("registration grace over: publishing with pools still empty", "pools", empty)
+		} else {
+			s.log.Info("registration grace over: configuration published")
 		}
 	})
 }
 
-// releaseIfRegisteredLocked ends the hold once every awaited pool that
-// still exists has an engine.
-func (s *Server) releaseIfRegisteredLocked() {
-	if len(s.waiting) == 0 || len(s.emptyWaitingLocked()) > 0 {
-		return
-	}
-	s.waiting = nil
-	if s.pub.release() {
-		s.log.Info("engines re-registered: configuration published")
-	}
-}
-
 // emptyWaitingLocked lists the awaited pools, still in the model, that
-// have no endpoint yet.
+// have no endpoint.
 func (s *Server) emptyWaitingLocked() []string {
 	addrs := s.endpointAddressesLocked()
 	var empty []string

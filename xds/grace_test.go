@@ -39,31 +39,32 @@ func pendingRecv(a *adsStream) <-chan *discoveryv3.DiscoveryResponse {
 }
 
 // A restarted control plane must not push empty pools to Envoys that
-// still hold the engines: it waits for the engines to register again.
-func TestRestartedControlPlaneHoldsConfigUntilEnginesReregister(t *testing.T) {
-	s := startServer(t, registeredPoolConfig("1m"))
+// still hold the engines: it holds its configuration for the grace period,
+// while every engine registers again, and then sends them all at once.
+func TestRestartedControlPlaneHoldsConfigWhileEnginesReregister(t *testing.T) {
+	const grace = 2 * time.Second
+	start := time.Now()
+	s := startServer(t, registeredPoolConfig(grace.String()))
 	envoy := dialADS(t, s.ADSAddr(), "held")
 	envoy.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType})
 	got := pendingRecv(envoy)
-	select {
-	case <-got:
-		t.Fatal("clusters sent while pool dyn had no engine and the grace had not passed")
-	case <-time.After(300 * time.Millisecond):
-	}
-
-	engine := backend(t)
-	if code := adminDo(t, s, "POST", "/v1/pools/dyn/endpoints", fmt.Sprintf(`{"address": %q}`, engine), nil); code != 201 {
-		t.Fatalf("register: %d", code)
+	for _, engine := range []string{backend(t), backend(t)} {
+		if code := adminDo(t, s, "POST", "/v1/pools/dyn/endpoints", fmt.Sprintf(`{"address": %q}`, engine), nil); code != 201 {
+			t.Fatalf("register: %d", code)
+		}
 	}
 	select {
 	case resp := <-got:
+		if held := time.Since(start); held < grace {
+			t.Fatalf("clusters sent %s after start, within the %s grace", held, grace)
+		}
 		envoy.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()})
 	case <-time.After(20 * time.Second):
-		t.Fatal("no clusters after the engine registered")
+		t.Fatal("no clusters after the grace")
 	}
 	_, eds := envoy.fetch(resourcev3.EndpointType, "dyn")
-	if len(eds) != 1 || len(eds[0].(*endpointv3.ClusterLoadAssignment).GetEndpoints()) == 0 {
-		t.Fatalf("the first endpoints Envoy got for dyn are %v, want the registered engine", eds)
+	if len(eds) != 1 || len(eds[0].(*endpointv3.ClusterLoadAssignment).GetEndpoints()[0].GetLbEndpoints()) != 2 {
+		t.Fatalf("the first endpoints Envoy got for dyn are %v, want both engines that registered", eds)
 	}
 }
 

@@ -97,12 +97,11 @@ func (p *publisher) publish(r *resources) {
 }
 
 // release ends the hold: every connected node gets the current build.
-// It reports whether a hold ended.
-func (p *publisher) release() bool {
+func (p *publisher) release() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.held {
-		return false
+		return
 	}
 	p.held = false
 	if p.res != nil {
@@ -110,7 +109,6 @@ func (p *publisher) release() bool {
 			p.setLocked(key, n)
 		}
 	}
-	return true
 }
 
 func (p *publisher) currentGeneration() int {

@@ -301,7 +301,6 @@ func (s *Server) applyLocked(m model, source, note string, describe func(error) 
 	s.m.buildSeconds.Observe(time.Since(start).Seconds())
 	s.m.configVersion.Set(float64(s.version))
 	s.log.Info("config accepted", "version", s.version, "source", source, "note", note, "build", time.Since(start))
-	s.releaseIfRegisteredLocked()
 	return s.version, nil
 }
 
@@ -361,7 +360,6 @@ func (s *Server) endpointsChanged() {
 	s.res = res
 	s.recordEndpointsLocked()
 	s.m.buildSeconds.Observe(time.Since(start).Seconds())
-	s.releaseIfRegisteredLocked()
 }
 
 // recordEndpointsLocked sets each pool's endpoint gauge from what was

