@@ -36,6 +36,7 @@ const (
 	unknownID = 0
 )
 
+// trieNode is the trie as parseVocab builds it, before flatten.
 type trieNode struct {
 	children map[rune]*trieNode
 	isPiece  bool
@@ -44,7 +45,7 @@ type trieNode struct {
 }
 
 type tokenizer struct {
-	root *trieNode
+	pieces *trie
 	// jsLength is each piece's length in UTF-16 code units.
 	jsLength []int
 }
@@ -58,7 +59,8 @@ func parseVocab(data []byte) (*tokenizer, error) {
 	if len(raw) <= reservedPieces {
 		return nil, fmt.Errorf("vocab.json holds %d pieces, want more than %d", len(raw), reservedPieces)
 	}
-	t := &tokenizer{root: &trieNode{}, jsLength: make([]int, len(raw))}
+	t := &tokenizer{jsLength: make([]int, len(raw))}
+	root := &trieNode{}
 	for i, pair := range raw {
 		if len(pair) != 2 {
 			return nil, fmt.Errorf("vocab.json entry %d has %d fields, want [piece, score]", i, len(pair))
@@ -75,17 +77,18 @@ func parseVocab(data []byte) (*tokenizer, error) {
 		}
 		t.jsLength[i] = len(utf16.Encode([]rune(piece)))
 		if i >= reservedPieces {
-			t.insert(piece, score, int32(i))
+			insert(root, piece, score, int32(i))
 		}
 	}
+	t.pieces = flatten(root)
 	return t, nil
 }
 
-func (t *tokenizer) insert(piece string, score float64, id int32) {
+func insert(root *trieNode, piece string, score float64, id int32) {
 	if piece == "" {
 		return
 	}
-	node := t.root
+	node := root
 	for _, r := range piece {
 		child := node.children[r]
 		if child == nil {
@@ -138,14 +141,13 @@ func (t *tokenizer) encode(text string) []int32 {
 	words := make([]int32, n+1)
 	for i := range n {
 		matched := false
-		node := t.root
+		node := int32(0)
 		for j := i; j < n; j++ {
-			node = node.children[symbols[j]]
-			if node == nil {
+			if node = t.pieces.child(node, symbols[j]); node == noChild {
 				break
 			}
-			if node.isPiece {
-				relax(best, words, i, j+1, node.score, node.id)
+			if p := &t.pieces.nodes[node]; p.isPiece {
+				relax(best, words, i, j+1, p.score, p.id)
 				matched = true
 			}
 		}
