@@ -43,14 +43,14 @@ type XDS struct {
 	// in EDS without a heartbeat. Default 15s.
 	HeartbeatTTL time.Duration `yaml:"heartbeat_ttl"`
 	// RegistrationGrace is how long a starting control plane holds back
-	// its first configuration when a pool's endpoints come from engines
-	// registering alone (no endpoints listed, no Kubernetes Service, not
-	// the default pool, which serves engine.listen while empty): a
-	// restarted control plane has forgotten the registrations, and Envoy,
-	// which keeps its configuration until it gets a new one, would
-	// otherwise drop every registered engine until its next heartbeat.
-	// Default heartbeat_ttl/3 + 1s, a little over the engines' default
-	// register.interval; 0 turns it off.
+	// its first configuration when some pool's endpoints come from engines
+	// registering alone: a restarted control plane has forgotten the
+	// registrations, and Envoy, which keeps its configuration until it gets
+	// a new one, would otherwise drop every registered engine until its
+	// next heartbeat. Default 6s, a little over the engines' default
+	// register.interval (5s); 0 turns it off. Under 15s: Envoy's
+	// initial_fetch_timeout and gRPC's resource timer, both 15s, would
+	// start clients that connect during it without their configuration.
 	RegistrationGrace *time.Duration `yaml:"registration_grace"`
 	// ExtProc tunes the ext_proc filter in every listener; the ext_proc
 	// cluster's address is extproc.listen.
@@ -249,6 +249,15 @@ type XDSCircuitBreakers struct {
 	MinRetryConcurrency uint32 `yaml:"min_retry_concurrency"`
 }
 
+const (
+	// DefaultRegistrationGrace is a little over the engines' default
+	// heartbeat interval (engine.register.interval, 5s).
+	DefaultRegistrationGrace = 6 * time.Second
+	// MaxRegistrationGrace is Envoy's default initial_fetch_timeout and
+	// grpc-go's xDS resource timer.
+	MaxRegistrationGrace = 15 * time.Second
+)
+
 // DefaultPoolName is the pool of the default route. When it lists no
 // endpoints the control plane gives it engine.listen, so that the
 // quickstart routes to the co-located engine.
@@ -287,7 +296,7 @@ func (x *XDS) setDefaults() {
 		x.HeartbeatTTL = 15 * time.Second
 	}
 	if x.RegistrationGrace == nil {
-		g := x.HeartbeatTTL/3 + time.Second
+		g := DefaultRegistrationGrace
 		x.RegistrationGrace = &g
 	}
 	x.SetRoutingDefaults()
@@ -425,8 +434,8 @@ func (x *XDS) validate() error {
 	if x.HeartbeatTTL < 0 {
 		errs = append(errs, fmt.Errorf("xds.heartbeat_ttl: %s is negative", x.HeartbeatTTL))
 	}
-	if x.RegistrationGrace != nil && *x.RegistrationGrace < 0 {
-		errs = append(errs, fmt.Errorf("xds.registration_grace: %s is negative", *x.RegistrationGrace))
+	if g := x.RegistrationGrace; g != nil && (*g < 0 || *g >= MaxRegistrationGrace) {
+		errs = append(errs, fmt.Errorf("xds.registration_grace: %s is not in [0s, %s): clients that connect during it would give up waiting for their configuration (Envoy's initial_fetch_timeout, gRPC's resource timer)", *g, MaxRegistrationGrace))
 	}
 	errs = append(errs, x.ValidateRouting())
 	return errors.Join(errs...)

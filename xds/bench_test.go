@@ -153,7 +153,7 @@ func waitAllAcked(b *testing.B, s *testServer, n int, acksBefore float64) []floa
 		}
 		time.Sleep(100 * time.Microsecond)
 	}
-	version := fmt.Sprint(s.pub.currentGeneration())
+	version := s.pub.currentVersion()
 	var out []float64
 	for id, ns := range s.Nodes() {
 		ts := ns.Types["route"]

@@ -63,7 +63,7 @@ xds:
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := startWithKube(t, cfg, "", kube)
+	s := startWithKube(t, cfg, "", kube, EngineInProcess())
 	cc := grpcClient(t, s.ADSAddr(), "k8s-client", "ingress")
 	servedBy(t, cc, a)
 	endpoints := func(want string) {

@@ -25,11 +25,13 @@ func registrationGrace(x config.XDS) time.Duration {
 
 // registeredOnly lists the pools whose engines come from registration
 // alone: no endpoints listed and no Kubernetes Service. The default pool
-// is not one of them: while empty it serves engine.listen.
-func registeredOnly(pools []config.XDSPool) []string {
+// serves engine.listen while no engine has registered into it; that is
+// only right where this process runs that engine (engineInProcess), so
+// elsewhere it waits for registrations like any other pool.
+func registeredOnly(pools []config.XDSPool, engineInProcess bool) []string {
 	var names []string
 	for _, p := range pools {
-		if len(p.Endpoints) == 0 && p.Kubernetes.Service == "" && p.Name != config.DefaultPoolName {
+		if len(p.Endpoints) == 0 && p.Kubernetes.Service == "" && !(engineInProcess && p.Name == config.DefaultPoolName) {
 			names = append(names, p.Name)
 		}
 	}
@@ -39,9 +41,10 @@ func registeredOnly(pools []config.XDSPool) []string {
 // holdForRegistrations holds the publisher back at start when some pool
 // waits for registrations; Serve starts the grace period.
 func (s *Server) holdForRegistrations() {
-	s.waiting = registeredOnly(s.cfg.XDS.Pools)
+	s.waiting = registeredOnly(s.cfg.XDS.Pools, s.engineInProcess)
 	if len(s.waiting) > 0 && registrationGrace(s.cfg.XDS) > 0 {
 		s.pub.held = true
+		s.m.held.Set(1)
 	} else {
 		s.waiting = nil
 	}
@@ -63,6 +66,7 @@ func (s *Server) startGrace() {
 		empty := s.emptyWaitingLocked()
 		s.waiting = nil
 		s.pub.release()
+		s.m.held.Set(0)
 		if len(empty) > 0 {
 			s.log.Warn("registration grace over: publishing with pools still empty", "pools", empty)
 		} else {

@@ -2,8 +2,11 @@ package xds
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/infergate/infergate/config"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -46,6 +49,9 @@ func TestRestartedControlPlaneHoldsConfigWhileEnginesReregister(t *testing.T) {
 	start := time.Now()
 	s := startServer(t, registeredPoolConfig(grace.String()))
 	envoy := dialADS(t, s.ADSAddr(), "held")
+	if !strings.Contains(scrape(t, s), "infergate_xds_registration_hold 1") {
+		t.Error("the hold is not on /metrics")
+	}
 	envoy.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType})
 	got := pendingRecv(envoy)
 	for _, engine := range []string{backend(t), backend(t)} {
@@ -61,6 +67,9 @@ func TestRestartedControlPlaneHoldsConfigWhileEnginesReregister(t *testing.T) {
 		envoy.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()})
 	case <-time.After(20 * time.Second):
 		t.Fatal("no clusters after the grace")
+	}
+	if !strings.Contains(scrape(t, s), "infergate_xds_registration_hold 0") {
+		t.Error("the hold's end is not on /metrics")
 	}
 	_, eds := envoy.fetch(resourcev3.EndpointType, "dyn")
 	if len(eds) != 1 || len(eds[0].(*endpointv3.ClusterLoadAssignment).GetEndpoints()[0].GetLbEndpoints()) != 2 {
@@ -80,13 +89,13 @@ func TestRegistrationGraceEndsWithPoolsStillEmpty(t *testing.T) {
 	}
 }
 
-// Pools with listed endpoints, and the default pool, which serves
-// engine.listen while empty, hold nothing back. (recv gives up after 20 s,
-// well inside the minute's grace.)
+// Pools with listed endpoints, and the default pool where the engine it
+// falls back to runs in the same process, hold nothing back.
 func TestNoGraceWithoutRegisteredOnlyPools(t *testing.T) {
+	const grace = 14 * time.Second
 	for name, cfg := range map[string]string{
 		"listed endpoints": `xds:
-  registration_grace: 1m
+  registration_grace: 14s
   listeners:
     - name: ingress
       virtual_hosts:
@@ -98,14 +107,35 @@ func TestNoGraceWithoutRegisteredOnlyPools(t *testing.T) {
     - name: fixed
       endpoints: [127.0.0.1:1]
 `,
-		"default pool": "xds:\n  registration_grace: 1m\n",
-		"grace off":    registeredPoolConfig("0s"),
+		"default pool, engine in process": "xds:\n  registration_grace: 14s\n",
+		"grace off":                       registeredPoolConfig("0s"),
 	} {
 		t.Run(name, func(t *testing.T) {
+			start := time.Now()
 			s := startServer(t, cfg)
 			if _, clusters := dialADS(t, s.ADSAddr(), "prompt").fetch(resourcev3.ClusterType); len(clusters) == 0 {
 				t.Fatal("no clusters")
 			}
+			if took := time.Since(start); took >= grace {
+				t.Fatalf("clusters came after %s: held for the grace", took)
+			}
 		})
+	}
+}
+
+// A control plane without the engine in its process (infergate xds) waits
+// for registrations into the default pool too: engines register there by
+// default, and engine.listen is not theirs.
+func TestStandaloneControlPlaneWaitsForTheDefaultPool(t *testing.T) {
+	const grace = time.Second
+	start := time.Now()
+	cfg, err := config.Parse("standalone.yaml", []byte("xds:\n  registration_grace: 1s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startWithKube(t, cfg, "", nil)
+	resp, _ := dialADS(t, s.ADSAddr(), "standalone").fetch(resourcev3.ClusterType)
+	if took := time.Since(start); took < grace || len(resp.GetResources()) == 0 {
+		t.Fatalf("clusters (%d) came %s after start, within the %s grace", len(resp.GetResources()), took, grace)
 	}
 }

@@ -55,17 +55,18 @@ func startServer(t testing.TB, configYAML string) *testServer {
 	return startConfig(t, cfg, path)
 }
 
-// startConfig serves cfg on free ports, watching path when it is not empty.
+// startConfig serves cfg on free ports, watching path when it is not
+// empty, as infergate up does: with the engine in the same process.
 func startConfig(t testing.TB, cfg config.Config, path string) *testServer {
 	t.Helper()
-	return startWithKube(t, cfg, path, nil)
+	return startWithKube(t, cfg, path, nil, EngineInProcess())
 }
 
-// startWithKube is startConfig with kube as the Kubernetes API.
-func startWithKube(t testing.TB, cfg config.Config, path string, kube endpointslice.API) *testServer {
+// startWithKube serves cfg with kube as the Kubernetes API.
+func startWithKube(t testing.TB, cfg config.Config, path string, kube endpointslice.API, opts ...Option) *testServer {
 	t.Helper()
 	cfg.XDS.Listen, cfg.XDS.Admin = "127.0.0.1:0", "127.0.0.1:0"
-	s, err := newServer(cfg, path, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry(), kube)
+	s, err := newServer(cfg, path, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry(), kube, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

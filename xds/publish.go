@@ -111,10 +111,15 @@ func (p *publisher) release() {
 	}
 }
 
-func (p *publisher) currentGeneration() int {
+// currentVersion is the version the last publish gave what it changed.
+func (p *publisher) currentVersion() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.generation
+	return p.version(p.generation)
+}
+
+func (p *publisher) version(generation int) string {
+	return strconv.Itoa(generation) + "." + p.boot
 }
 
 // addNode gives a newly connected node its snapshot.
@@ -159,7 +164,7 @@ func (p *publisher) setLocked(key string, n *publishedNode) {
 		// update repeats the version it holds: new clusters always come
 		// with a new EDS version, even if no endpoint moved.
 		if !ok || tv.hash != sum || (typeURL == resourcev3.EndpointType && clustersChanged) {
-			tv = typeVersion{hash: sum, version: strconv.Itoa(p.generation) + "." + p.boot}
+			tv = typeVersion{hash: sum, version: p.version(p.generation)}
 			n.versions[typeURL] = tv
 			clustersChanged = clustersChanged || (ok && typeURL == resourcev3.ClusterType)
 		}

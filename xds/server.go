@@ -80,8 +80,9 @@ type Server struct {
 	lastRejection *rejection
 	// waiting are the pools the first configuration is held for (see
 	// grace.go); empty once it is published.
-	waiting    []string
-	graceTimer *time.Timer
+	waiting         []string
+	graceTimer      *time.Timer
+	engineInProcess bool
 
 	grpcLn, adminLn net.Listener
 	grpc            *grpc.Server
@@ -91,13 +92,23 @@ type Server struct {
 
 // New builds and validates the first snapshot from cfg; configPath (may be
 // empty) is the file to watch for changes.
-func New(cfg config.Config, configPath string, log *slog.Logger) (*Server, error) {
-	return newServer(cfg, configPath, log, ops.NewRegistry(), nil)
+func New(cfg config.Config, configPath string, log *slog.Logger, opts ...Option) (*Server, error) {
+	return newServer(cfg, configPath, log, ops.NewRegistry(), nil, opts...)
+}
+
+// Option tunes a Server beyond its config file.
+type Option func(*Server)
+
+// EngineInProcess says this process also runs the engine at engine.listen
+// (infergate up), so the default pool, which serves engine.listen while
+// no engine has registered into it, needs no registration grace.
+func EngineInProcess() Option {
+	return func(s *Server) { s.engineInProcess = true }
 }
 
 // newServer is New with the metrics on reg and, when kube is not nil, the
 // Kubernetes API it gives.
-func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prometheus.Registry, kube endpointslice.API) (*Server, error) {
+func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prometheus.Registry, kube endpointslice.API, opts ...Option) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -125,6 +136,9 @@ func newServer(cfg config.Config, configPath string, log *slog.Logger, reg *prom
 			return endpointslice.NewClient(cfg.XDS.Kubeconfig)
 		},
 		ctx: ctx, cancel: cancel,
+	}
+	for _, o := range opts {
+		o(s)
 	}
 	if configPath != "" {
 		if data, err := os.ReadFile(configPath); err == nil {

@@ -24,6 +24,7 @@ type metrics struct {
 	nodeStatus     *prometheus.GaugeVec
 	configVersion  prometheus.Gauge
 	poolEndpoints  *prometheus.GaugeVec
+	held           prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -64,8 +65,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "infergate_xds_pool_endpoints",
 			Help: "Endpoints each pool has in EDS (config, registered engines and EndpointSlices together); 0 means its routes answer 503.",
 		}, []string{"pool"}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "infergate_xds_registration_hold",
+			Help: "1 while a starting control plane holds its first configuration back for xds.registration_grace.",
+		}),
 	}
-	reg.MustRegister(m.connectedNodes, m.pushes, m.acks, m.nacks, m.pushToAck, m.buildSeconds, m.rejections, m.nodeStatus, m.configVersion, m.poolEndpoints)
+	reg.MustRegister(m.connectedNodes, m.pushes, m.acks, m.nacks, m.pushToAck, m.buildSeconds, m.rejections, m.nodeStatus, m.configVersion, m.poolEndpoints, m.held)
 	return m
 }
 

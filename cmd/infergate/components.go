@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os/exec"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -85,7 +86,11 @@ func buildServices(cmd *cobra.Command, cfg config.Config, log *slog.Logger, name
 		)
 		switch name {
 		case "xds":
-			s, err = xds.New(cfg, configPath(cmd), l)
+			var opts []xds.Option
+			if slices.Contains(names, "engine") {
+				opts = append(opts, xds.EngineInProcess())
+			}
+			s, err = xds.New(cfg, configPath(cmd), l, opts...)
 		case "extproc":
 			s, err = extproc.New(cfg.ExtProc, l)
 		case "engine":
