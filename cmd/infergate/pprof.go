@@ -2,10 +2,10 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,7 +22,7 @@ func init() {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "infergate: profiles on http://%s/debug/pprof/\n", ln.Addr())
+		slog.Info("serving Go profiles (net/http/pprof)", "url", fmt.Sprintf("http://%s/debug/pprof/", ln.Addr()))
 		return nil
 	}
 }

@@ -6,8 +6,8 @@
 # For each worker count in WORKERS_LIST, one engine (one text per request):
 #   - closed-loop points at PROFILE_CONCURRENCY, with encoding_format float
 #     (bench's default) and base64 (the OpenAI clients' default);
-#   - EXTRA_POINTS, each INPUTSxCONCURRENCY:FORMAT (e.g. 8x128:base64, a
-#     request of 8 texts from each of 128 clients);
+#   - EXTRA_POINTS, each INPUTSxCONCURRENCY[:FORMAT] (e.g. 8x128:base64, a
+#     request of 8 texts from each of 128 clients; FORMAT defaults to float);
 #   - at PROFILE_AT in PROFILE_FORMAT, again, while the engine's Go CPU
 #     profile and execution trace (--pprof) are taken, its CPU time is read
 #     from /proc and the GPU's utilisation is sampled.
@@ -31,7 +31,7 @@ BUDGET_S=${BUDGET_S:-360}
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PPROF="http://127.0.0.1:$PPROF_PORT/debug/pprof"
-ENGINE_FLAGS="--pprof 127.0.0.1:$PPROF_PORT"
+ENGINE_FLAGS="--pprof 127.0.0.1:$PPROF_PORT${ENGINE_FLAGS:+ $ENGINE_FLAGS}"
 
 # fetch_to URL FILE LIMIT_S: a long fetch (a profile lasts its seconds).
 fetch_to() {
@@ -65,7 +65,8 @@ profiled_point() {
   point "bench-$tag-profiled" "$PROFILE_AT" --encoding-format "$PROFILE_FORMAT"
   c1=$(cpu_ticks "$ENGINE_PID"); t1=$(date +%s.%N)
   stop_sampler
-  wait "$grab"
+  if wait "$grab" && [[ -s $OUT/cpu-$tag.pprof && -s $OUT/trace-$tag.out ]]; then record "pprof-$tag" ok 0
+  else record "pprof-$tag" FAIL 0 "profile or trace not fetched: see logs/pprof-$tag.log"; fi
   hz=$(getconf CLK_TCK)
   awk -v c="$((c1 - c0))" -v hz="$hz" -v a="$t0" -v b="$t1" -v tag="$tag" \
     'BEGIN {printf "%s: engine used %.2f CPUs over %.1f s\n", tag, c / hz / (b - a), b - a}' | tee -a "$OUT/engine-cpu.txt"
@@ -83,8 +84,9 @@ for w in ${WORKERS_LIST//,/ }; do
     point "bench-w$w-c$c-base64" "$c" --encoding-format base64
   done
   for p in $EXTRA_POINTS; do
-    inputs=${p%%x*} rest=${p#*x}
-    point "bench-w$w-i$inputs-c${rest%%:*}-${rest#*:}" "${rest%%:*}" --inputs "$inputs" --encoding-format "${rest#*:}"
+    inputs=${p%%x*} rest=${p#*x} format=float
+    [[ $rest == *:* ]] && format=${rest#*:}
+    point "bench-w$w-i$inputs-c${rest%%:*}-$format" "${rest%%:*}" --inputs "$inputs" --encoding-format "$format"
   done
   profiled_point "w$w"
   fetch "$URL/metrics" >"$OUT/metrics-w$w.txt" 2>&1
