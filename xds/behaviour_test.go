@@ -206,20 +206,7 @@ func TestBadConfigIsRefusedWhileClientsKeepLastGoodRoutes(t *testing.T) {
 
 func TestDeregisteredOrSilentEngineLeavesEDS(t *testing.T) {
 	c := backend(t)
-	s := startServer(t, `engine:
-  listen: 127.0.0.1:1
-xds:
-  registration_grace: 0s
-  listeners:
-    - name: ingress
-      virtual_hosts:
-        - name: all
-          routes:
-            - name: main
-              pool: dyn
-  pools:
-    - name: dyn
-`)
+	s := startServer(t, "engine:\n  listen: 127.0.0.1:1\n"+registeredPoolConfig("0s"))
 	cc := grpcClient(t, s.ADSAddr(), "eds-client", "ingress")
 	register := func(ttl string) int {
 		return adminDo(t, s, "POST", "/v1/pools/dyn/endpoints", fmt.Sprintf(`{"address": %q, "ttl": %q}`, c, ttl), nil)

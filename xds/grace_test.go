@@ -16,7 +16,13 @@ import (
 // registeredPoolConfig routes everything to pool dyn, which only
 // registering engines fill.
 func registeredPoolConfig(grace string) string {
-	return fmt.Sprintf(`xds:
+	return onePoolConfig(grace, "dyn", "")
+}
+
+// onePoolConfig routes everything to pool, with endpoints (YAML flow
+// list) if not empty.
+func onePoolConfig(grace, pool, endpoints string) string {
+	cfg := fmt.Sprintf(`xds:
   registration_grace: %s
   listeners:
     - name: ingress
@@ -24,10 +30,14 @@ func registeredPoolConfig(grace string) string {
         - name: all
           routes:
             - name: main
-              pool: dyn
+              pool: %s
   pools:
-    - name: dyn
-`, grace)
+    - name: %s
+`, grace, pool, pool)
+	if endpoints != "" {
+		cfg += "      endpoints: " + endpoints + "\n"
+	}
+	return cfg
 }
 
 // pendingRecv receives the stream's next response in the background.
@@ -94,19 +104,7 @@ func TestRegistrationGraceEndsWithPoolsStillEmpty(t *testing.T) {
 func TestNoGraceWithoutRegisteredOnlyPools(t *testing.T) {
 	const grace = 14 * time.Second
 	for name, cfg := range map[string]string{
-		"listed endpoints": `xds:
-  registration_grace: 14s
-  listeners:
-    - name: ingress
-      virtual_hosts:
-        - name: all
-          routes:
-            - name: main
-              pool: fixed
-  pools:
-    - name: fixed
-      endpoints: [127.0.0.1:1]
-`,
+		"listed endpoints":                onePoolConfig("14s", "fixed", "[127.0.0.1:1]"),
 		"default pool, engine in process": "xds:\n  registration_grace: 14s\n",
 		"grace off":                       registeredPoolConfig("0s"),
 	} {

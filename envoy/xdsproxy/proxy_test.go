@@ -238,6 +238,16 @@ func twoPools(a, b string) string {
 `, a, b)
 }
 
+// latePool routes everything to pool late, which starts empty and only
+// registering engines fill; no registration grace, as the tests register
+// after start.
+const latePool = "  registration_grace: 0s\n" + ingress + `            - name: main
+              match: {prefix: /}
+              pool: late
+  pools:
+    - name: late
+`
+
 // ingress starts the routing every test uses; its responses are not
 // cached, so that each request shows where it was routed.
 const ingress = `  policies:
@@ -323,12 +333,7 @@ func TestHeaderMatchAndWeightedDestinations(t *testing.T) {
 // leaves again when it deregisters.
 func TestEndpointsFollowEDS(t *testing.T) {
 	a := upstream(t, "a")
-	s := startStack(t, "  registration_grace: 0s\n"+ingress+`            - name: main
-              match: {prefix: /}
-              pool: late
-  pools:
-    - name: late
-`)
+	s := startStack(t, latePool)
 	// Envoy's router answers after the request phase, and the reply goes
 	// through ext_proc's response phase, as its Cache-Status shows.
 	if r := s.send(t, "GET", "/v2/health/ready", ""); r.status != 503 || r.body != "no healthy upstream" || r.header.Get("Cache-Status") == "" {
@@ -345,12 +350,7 @@ func TestEndpointsFollowEDS(t *testing.T) {
 // proxy keeps serving them meanwhile instead of answering 503.
 func TestRegisteredEnginesSurviveAControlPlaneRestart(t *testing.T) {
 	a := upstream(t, "a")
-	s := startStack(t, "  registration_grace: 0s\n"+ingress+`            - name: main
-              match: {prefix: /}
-              pool: late
-  pools:
-    - name: late
-`)
+	s := startStack(t, latePool)
 	register := fmt.Sprintf(`{"address": %q}`, a)
 	s.admin(t, "POST", "/v1/pools/late/endpoints", register)
 	eventually(t, "the registered engine serves", func() bool { return s.send(t, "GET", "/", "").servedBy == "a" })
